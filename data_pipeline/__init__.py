@@ -1,0 +1,1 @@
+"""blockmix data: DALI pipelines, the sample order blockmix owns, and dataset preparation."""

@@ -1,0 +1,1 @@
+"""blockmix on SLURM: submitit launching, paired sweeps and comparison reports."""

@@ -1,0 +1,1 @@
+"""blockmix training: template-mixture models, configs, the DeepSpeed engine and the CLI."""

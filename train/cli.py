@@ -1,0 +1,39 @@
+"""The `blockmix` command line: one parser whose subcommands come from each package.
+
+Each module in ``COMMAND_MODULES`` exposes ``add_commands(subparsers)`` and sets a ``handler``
+default on the parsers it adds; a handler takes the parsed namespace and returns an exit code.
+Handlers import heavy dependencies lazily so that ``blockmix --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from train.errors import BlockmixError
+
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `blockmix` parser with every package's subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="blockmix",
+        description="Train template-mixture networks against parameter-matched baselines.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `blockmix` command; user errors become one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except BlockmixError as error:
+        print(f"blockmix {args.command}: error: {error}", file=sys.stderr)
+        return 2
