@@ -1,0 +1,1 @@
+"""Template-mixture networks and their baselines (METHOD.md §1-3)."""

@@ -1,0 +1,153 @@
+"""Template banks: K templates of one block shape mixed into the parameters of L positions.
+
+All parameter tensors of a block are flattened into one row, so the templates of a bank are one
+(K, P) matrix and all positions' parameters come from one contraction per forward:
+``alpha[task]`` (L, K) @ templates (K, P) -> (L, P), then cheap views per position and name
+(METHOD.md §1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from train.errors import BlockmixError
+from train.models.layers.spec import BlockSpec
+
+COEFFICIENTS = ("softmax", "linear")
+INITS = ("uniform", "identity", "orthogonal")
+
+
+@dataclass(frozen=True)
+class MixingConfig:
+    """How positions combine templates.
+
+    ``coefficients``: ``softmax`` (alpha = softmax(xi / temperature), the default) or ``linear``
+    (unconstrained real coefficients, Savarese & Maire 2019). ``init``: ``uniform`` (small random
+    logits in +-init_scale), ``identity`` (position l mostly on template l mod K:
+    ``identity_logit`` for softmax, exactly one-hot for linear) or ``orthogonal`` (orthogonal
+    across positions); ``None`` picks ``uniform`` for softmax and ``orthogonal`` for linear.
+    """
+
+    coefficients: str = "softmax"
+    init: str | None = None
+    temperature: float = 1.0
+    init_scale: float = 0.01
+    identity_logit: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.coefficients not in COEFFICIENTS:
+            raise BlockmixError(
+                f"mixing.coefficients: unknown {self.coefficients!r}; use one of {COEFFICIENTS}"
+            )
+        if self.init is not None and self.init not in INITS:
+            raise BlockmixError(f"mixing.init: unknown {self.init!r}; use one of {INITS}")
+        if self.temperature <= 0:
+            raise BlockmixError(f"mixing.temperature must be > 0, got {self.temperature}")
+
+    @property
+    def resolved_init(self) -> str:
+        """The init in effect."""
+        if self.init is not None:
+            return self.init
+        return "uniform" if self.coefficients == "softmax" else "orthogonal"
+
+
+class TemplateBank(nn.Module):
+    """K templates of one block shape, mixed per (task, position).
+
+    Parameters: ``templates`` (K, P), every parameter tensor of the block flattened side by side,
+    and ``logits`` (tasks, L, K), the mixture logits (or linear coefficients).
+    """
+
+    def __init__(
+        self,
+        spec: BlockSpec,
+        num_templates: int,
+        num_positions: int,
+        num_tasks: int = 1,
+        mixing: MixingConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if num_templates < 1 or num_positions < 1:
+            raise BlockmixError(
+                f"a template bank needs >= 1 template and position, got K={num_templates}, "
+                f"L={num_positions}"
+            )
+        self.mixing = mixing or MixingConfig()
+        self.shapes = spec.shapes()
+        self.sizes = [math.prod(shape) for shape in self.shapes.values()]
+        self.num_templates = num_templates
+        self.num_positions = num_positions
+        self.templates = nn.Parameter(torch.empty(num_templates, sum(self.sizes)))
+        self.logits = nn.Parameter(torch.empty(num_tasks, num_positions, num_templates))
+        self.reset_parameters(spec)
+
+    def reset_parameters(self, spec: BlockSpec) -> None:
+        """Templates like the baseline's layers; logits per ``mixing.init``."""
+        with torch.no_grad():
+            for name, views in self.template_views().items():
+                for view in views:
+                    spec.init_(name, view)
+            init = self.mixing.resolved_init
+            if init == "uniform":
+                nn.init.uniform_(self.logits, -self.mixing.init_scale, self.mixing.init_scale)
+            elif init == "orthogonal":
+                for task_logits in self.logits:
+                    nn.init.orthogonal_(task_logits)
+            else:
+                hot = self.mixing.identity_logit if self.mixing.coefficients == "softmax" else 1.0
+                self.logits.zero_()
+                positions = torch.arange(self.num_positions)
+                self.logits[:, positions, positions % self.num_templates] = hot
+
+    def template_views(self) -> dict[str, Tensor]:
+        """Name -> view of shape (K, *shape) into ``templates`` (writable, shares storage)."""
+        columns = self.templates.split(self.sizes, dim=1)
+        return {
+            name: column.view(self.num_templates, *shape)
+            for (name, shape), column in zip(self.shapes.items(), columns, strict=True)
+        }
+
+    def alpha(self, task: int = 0) -> Tensor:
+        """Mixture weights (L, K) of ``task``: softmax of logits / temperature, or the raw
+        coefficients in linear mode."""
+        logits = self.logits[task]
+        if self.mixing.coefficients == "linear":
+            return logits
+        return torch.softmax(logits / self.mixing.temperature, dim=-1)
+
+    def forward(self, task: int = 0) -> list[dict[str, Tensor]]:
+        """Every position's parameters for ``task`` from one (L, K) @ (K, P) contraction."""
+        mixed = self.alpha(task) @ self.templates
+        return [self._unflatten(row) for row in mixed.unbind(0)]
+
+    def mix_naive(self, task: int = 0) -> list[dict[str, Tensor]]:
+        """Reference: per position and tensor, a Python weighted sum of templates (tests and
+        benchmark only)."""
+        alpha = self.alpha(task)
+        views = self.template_views()
+        return [
+            {
+                name: sum(alpha[pos, k] * views[name][k] for k in range(self.num_templates))
+                for name in self.shapes
+            }
+            for pos in range(self.num_positions)
+        ]
+
+    def _unflatten(self, row: Tensor) -> dict[str, Tensor]:
+        parts = row.split(self.sizes)
+        return {
+            name: part.view(shape)
+            for (name, shape), part in zip(self.shapes.items(), parts, strict=True)
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"templates={self.num_templates}, positions={self.num_positions}, "
+            f"tasks={self.logits.shape[0]}, params_per_template={self.templates.shape[1]}, "
+            f"coefficients={self.mixing.coefficients}"
+        )
