@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from train.errors import BlockmixError
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("train.commands.models",)
 
 
 def build_parser() -> argparse.ArgumentParser:
