@@ -1,0 +1,39 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], fsync: bool = True) -> None:
+    """Call ``write`` on a temporary file beside ``path``, flush it (to disk unless ``fsync`` is
+    False: many small files that are cheap to remake), then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            if fsync:
+                os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    write_atomic(path, lambda stream: stream.write(data), fsync)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write ``value`` as stable (sorted, indented) JSON to ``path`` atomically."""
+    text = json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    write_bytes_atomic(path, text.encode())
