@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from train.errors import BlockmixError
 
-COMMAND_MODULES: tuple[str, ...] = ("train.commands.models",)
+COMMAND_MODULES: tuple[str, ...] = ("train.commands.models", "train.commands.run", "data_pipeline.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

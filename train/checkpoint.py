@@ -1,0 +1,209 @@
+"""Sharded DeepSpeed checkpoints that appear atomically, on schedule or on request, and resume.
+
+Layout of ``RUN/checkpoints``: one folder per checkpoint, ``stepNNNNNNNN/``, holding DeepSpeed's
+shards, ``rankNNNNN.pt`` (each rank's own state: loader position, RNG states), ``trainer.pt``
+(state shared by all ranks) and ``meta.json``; and ``latest``, a file naming the newest complete
+folder (DeepSpeed's own convention, so its tools read it). A checkpoint is written under a
+hidden ``.tmp-`` name and renamed, and ``latest`` is replaced, only after every rank has finished
+writing: an interrupted save is never visible. The last ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from train.config import CheckpointConfig
+from train.errors import BlockmixError
+
+LATEST = "latest"
+TMP_PREFIX = ".tmp-"
+META = "meta.json"
+SHARED = "trainer.pt"
+REQUEST_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+def tag_for(step: int) -> str:
+    """The folder name of the checkpoint after optimizer step ``step``."""
+    return f"step{step:08d}"
+
+
+class RNGState:
+    """Python, NumPy, torch (and CUDA) random states of this process, as a stateful."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and finds checkpoints of one run; SIGUSR2/SIGTERM request a save.
+
+    ``per_rank`` and ``shared`` map names to objects with ``state_dict``/``load_state_dict``;
+    per-rank ones are saved by every rank, shared ones by rank 0.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        config: CheckpointConfig,
+        per_rank: dict[str, Any],
+        shared: dict[str, Any],
+    ) -> None:
+        self.dir = Path(directory)
+        self.config = config
+        self.per_rank = per_rank
+        self.shared = shared
+        self.requested = False
+        self.stop_requested = False
+        self._last_save = time.monotonic()
+
+    def install_signal_handlers(self) -> None:
+        """Make SIGUSR2 and SIGTERM request a checkpoint at the next step boundary.
+
+        After a SIGTERM the run should stop once that checkpoint is saved (`stop_requested`).
+        """
+        for sig in REQUEST_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.requested = True
+        self.stop_requested = self.stop_requested or signum == signal.SIGTERM
+
+    def wants_save(self, step: int) -> bool:
+        """This rank's wish to save after ``step``: schedule, elapsed minutes or a signal.
+
+        Ranks must agree (a collective) before calling `save`, since saving is collective.
+        """
+        every, minutes = self.config.every, self.config.every_minutes
+        by_steps = every > 0 and step % every == 0
+        by_time = minutes > 0 and time.monotonic() - self._last_save >= 60 * minutes
+        return self.requested or by_steps or by_time
+
+    def save(self, engine: Any, step: int) -> Path:
+        """Save a checkpoint on every rank (collective) and publish it; return its folder."""
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        tag = tag_for(step)
+        tmp = self.dir / f"{TMP_PREFIX}{tag}"
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False)
+        _save_file(_states(self.per_rank), tmp / f"rank{rank:05d}.pt")
+        if rank == 0:
+            _save_file(_states(self.shared), tmp / SHARED)
+            meta = {
+                "step": step,
+                "world_size": world_size,
+                "zero_stage": engine.zero_optimization_stage(),
+            }
+            _write_text(tmp / META, json.dumps(meta))
+        dist.barrier()
+        final = self.dir / tag
+        if rank == 0:
+            _fsync_tree(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _write_text(self.dir / LATEST, tag)
+            self._prune()
+        dist.barrier()
+        self.requested = False
+        self._last_save = time.monotonic()
+        return final
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest complete checkpoint folder and its meta, or None."""
+        pointer = self.dir / LATEST
+        if not pointer.is_file():
+            return None
+        folder = self.dir / pointer.read_text().strip()
+        if not (folder / META).is_file():
+            raise BlockmixError(
+                f"{pointer} names {folder.name}, which is incomplete; delete {pointer}"
+            )
+        return folder, json.loads((folder / META).read_text())
+
+    def load(self, engine: Any, folder: Path, meta: dict[str, Any]) -> int:
+        """Restore engine, per-rank and shared state from ``folder``; return its step."""
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if meta["world_size"] != world_size and meta["zero_stage"] == 3:
+            raise BlockmixError(
+                f"{folder} was saved by {meta['world_size']} ranks with train.zero_stage=3; "
+                f"resume it on {meta['world_size']} ranks (ZeRO 0-2 checkpoints reload at any world size)"
+            )
+        path, _ = engine.load_checkpoint(str(self.dir), tag=folder.name)
+        if path is None:
+            raise BlockmixError(f"DeepSpeed could not load checkpoint {folder}")
+        source_rank = rank if rank < meta["world_size"] else 0
+        _load_states(
+            self.per_rank, torch.load(folder / f"rank{source_rank:05d}.pt", weights_only=False)
+        )
+        _load_states(self.shared, torch.load(folder / SHARED, weights_only=False))
+        return int(meta["step"])
+
+    def _prune(self) -> None:
+        tags = sorted(p for p in self.dir.glob("step*") if p.is_dir())
+        for old in tags[: -self.config.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.dir.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _states(objects: dict[str, Any]) -> dict[str, Any]:
+    return {name: obj.state_dict() for name, obj in objects.items()}
+
+
+def _load_states(objects: dict[str, Any], states: dict[str, Any]) -> None:
+    for name, obj in objects.items():
+        obj.load_state_dict(states[name])
+
+
+def _save_file(state: Any, path: Path) -> None:
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

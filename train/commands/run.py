@@ -1,0 +1,80 @@
+"""`blockmix train`, `blockmix eval` and `blockmix export`: parse, build, run, close."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+
+from train.errors import BlockmixError
+
+OVERRIDES_HELP = "dotted overrides such as train.steps=100 run.dir=runs/x (see README: Training)"
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="train a named config (resumes an existing run)")
+    train.add_argument("config", help="a named config (train/configs) or a YAML file")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    train.add_argument("--nproc", type=int, default=0, help="spawn N local ranks")
+    train.set_defaults(handler=_train)
+    evaluate = subparsers.add_parser("eval", help="evaluate exported weights on the val split")
+    evaluate.add_argument("config", help="the config the weights were trained with")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="weights=FILE, ...")
+    evaluate.set_defaults(handler=_eval)
+    export = subparsers.add_parser("export", help="consolidated fp32 weights of a run")
+    export.add_argument("run", help="the run directory")
+    export.add_argument("--out", required=True, help="FILE.safetensors to write")
+    export.add_argument("--ema", action="store_true", help="export the EMA weights")
+    export.set_defaults(handler=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from train.config import load_config
+    from train.distributed import from_environment, launch_local, teardown
+
+    config = load_config(args.config, args.overrides)  # a bad key fails here, once
+    if args.nproc:
+        return launch_local(args.nproc, ["train", args.config, *args.overrides])
+    os.environ.setdefault("DS_ACCELERATOR", _accelerator())
+    from train.trainer import Trainer
+
+    trainer = None
+    try:
+        trainer = Trainer(config, from_environment())
+        results = trainer.fit()
+    except BaseException:
+        teardown(clean=False)
+        raise
+    trainer.close()
+    if results is None and trainer.interrupted_by_signal:
+        return 128 + signal.SIGTERM
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from train.config import load_config
+
+    weights = [o.partition("=")[2] for o in args.overrides if o.startswith("weights=")]
+    if len(weights) != 1 or not weights[0]:
+        raise BlockmixError("blockmix eval needs exactly one weights=FILE argument")
+    overrides = [o for o in args.overrides if not o.startswith("weights=")]
+    config = load_config(args.config, overrides)
+    os.environ.setdefault("DS_ACCELERATOR", _accelerator())
+    from train.export import evaluate_weights
+
+    print(json.dumps(evaluate_weights(config, weights[0])))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from train.export import export
+
+    print(export(args.run, args.out, ema=args.ema))
+    return 0
+
+
+def _accelerator() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

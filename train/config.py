@@ -1,0 +1,268 @@
+"""The one typed config tree of a training run, its named configs and its dotted overrides.
+
+A run's config is the defaults below, updated by a named config (``train/configs/NAME.yaml``, which
+holds only its differences from the defaults and may name a ``_base_`` config it extends), updated
+by ``key=value`` overrides from the command line. Every layer is type-checked against the tree;
+`validate` holds the checks across fields. The resolved tree is written into the run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_pipeline.config import DataConfig
+from train.errors import BlockmixError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+BASE_KEY = "_base_"
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives and its seed (model init, dropout; the data order has `data.seed`)."""
+
+    dir: str = "runs/default"
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of `train.models.build`; ``options`` passes extra builder keywords."""
+
+    name: str = "isometric"
+    variant: str = "baseline"
+    mode: str | None = None
+    num_classes: int = 1000
+    num_tasks: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer: ``sgd`` (momentum), ``adamw`` or ``lamb``; ``lr`` is the peak rate."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warmup from 0 over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
+
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, ZeRO, precision and regularisation.
+
+    ``steps`` counts optimizer steps; when 0, ``epochs`` sets it. ``global_batch`` (0 means
+    ``data.batch_size`` x world size) stays fixed across world sizes through gradient
+    accumulation. ``precision`` "auto" is fp32 on the CPU and bf16 on a GPU. ``ema_decay`` 0
+    disables the EMA of weights. ``eval_every`` 0 evaluates only at the end.
+    """
+
+    steps: int = 0
+    epochs: int = 0
+    global_batch: int = 0
+    zero_stage: int = 0
+    precision: str = "auto"
+    grad_clip: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0
+    log_every: int = 10
+    eval_every: int = 0
+    stop_after: int = 0
+    progress: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """Sharded checkpoints every ``every`` steps and/or ``every_minutes`` (0 disables either)."""
+
+    every: int = 1000
+    every_minutes: float = 0.0
+    keep: int = 3
+
+
+@dataclass
+class DeepSpeedConfig:
+    """``extra`` keys are merged last into the generated DeepSpeed config (the escape hatch)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.variant": ("baseline", "tmix"),
+    "model.mode": (None, "deeper", "compact"),
+    "optim.name": ("sgd", "adamw", "lamb"),
+    "train.zero_stage": (0, 1, 2, 3),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def validate(config: Config) -> None:
+    """Raise a one-line `BlockmixError` naming the first field that is wrong."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            names = ", ".join(str(a) for a in allowed)
+            raise BlockmixError(f"{key}={value!r} is not one of: {names}")
+    if config.model.mode is not None and config.model.variant != "tmix":
+        raise BlockmixError("model.mode applies to model.variant=tmix only; drop it or set tmix")
+    if config.train.steps <= 0 and config.train.epochs <= 0:
+        raise BlockmixError("train.steps or train.epochs must be > 0")
+    positive = {
+        "model.num_classes": config.model.num_classes,
+        "model.num_tasks": config.model.num_tasks,
+        "optim.lr": config.optim.lr,
+        "checkpoint.keep": config.checkpoint.keep,
+        "train.log_every": config.train.log_every,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise BlockmixError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "train.global_batch": config.train.global_batch,
+        "train.grad_clip": config.train.grad_clip,
+        "train.label_smoothing": config.train.label_smoothing,
+        "train.eval_every": config.train.eval_every,
+        "train.stop_after": config.train.stop_after,
+        "checkpoint.every": config.checkpoint.every,
+        "checkpoint.every_minutes": config.checkpoint.every_minutes,
+        "schedule.warmup_steps": config.schedule.warmup_steps,
+        "optim.weight_decay": config.optim.weight_decay,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise BlockmixError(f"{key} must be >= 0, got {value}")
+    if not 0.0 <= config.train.ema_decay < 1.0:
+        raise BlockmixError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    if config.train.ema_decay and config.train.zero_stage == 3:
+        raise BlockmixError(
+            "train.ema_decay needs train.zero_stage <= 2 (ZeRO-3 shards the weights)"
+        )
+    if not 0.0 <= config.schedule.min_lr_ratio <= 1.0:
+        raise BlockmixError(
+            f"schedule.min_lr_ratio must be in [0, 1], got {config.schedule.min_lr_ratio}"
+        )
+    config.data.validate()
+
+
+def named_configs() -> list[str]:
+    """Names of the configs shipped in ``train/configs``."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- named config (a name in ``train/configs`` or a YAML path) <- ``key=value``s."""
+    tree = OmegaConf.structured(Config)
+    for path in _config_chain(name):
+        tree = _merge(tree, _read_yaml(path), f"config {path}")
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise BlockmixError(f"override {item!r} is not key=value (e.g. train.steps=100)")
+        tree = _merge(tree, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    config: Config = OmegaConf.to_object(tree)
+    validate(config)
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable back by `load_config`)."""
+    Path(path).write_text(to_yaml(config))
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML text."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def flat_dict(config: Config) -> dict[str, Any]:
+    """The config as ``{"train.steps": 100, ...}`` with scalar values (for HParams)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk("", OmegaConf.to_container(OmegaConf.structured(config)))
+    return out
+
+
+def _config_chain(name: str) -> list[Path]:
+    """The YAML files of a named config, its ``_base_`` first."""
+    chain: list[Path] = []
+    while name:
+        path = _resolve(name)
+        if path in chain:
+            raise BlockmixError(f"config {path}: {BASE_KEY} chain loops back to itself")
+        chain.insert(0, path)
+        name = str(_read_yaml(path).get(BASE_KEY) or "")
+    return chain
+
+
+def _resolve(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise BlockmixError(f"config file {name} does not exist")
+        return path.resolve()
+    shipped = CONFIG_DIR / f"{name}.yaml"
+    if not shipped.is_file():
+        raise BlockmixError(
+            f"unknown config {name!r}; named configs: {', '.join(named_configs())} (or a .yaml path)"
+        )
+    return shipped
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise BlockmixError(f"config {path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise BlockmixError(f"config {path}: the top level must be a mapping of sections")
+    return data
+
+
+def _merge(tree: Any, update: Any, where: str) -> Any:
+    if isinstance(update, dict):
+        update = {key: value for key, value in update.items() if key != BASE_KEY}
+    try:
+        return OmegaConf.merge(tree, update)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "") or "?"
+        message = str(error).splitlines()[0]
+        raise BlockmixError(f"{where}: key {key}: {message}") from None

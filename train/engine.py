@@ -1,0 +1,202 @@
+"""DeepSpeed from the blockmix config: the generated DeepSpeed config, the optimizer, the EMA.
+
+Nothing here is hand-written DeepSpeed JSON: batch, accumulation, ZeRO stage, precision and
+clipping come from the config; ``deepspeed.extra`` is merged last for anything else.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.config import Config, OptimConfig
+from train.errors import BlockmixError
+
+NO_DECAY_GROUPS = ("bn", "logits")
+
+
+def accumulation_steps(config: Config, world_size: int) -> int:
+    """Micro-batches per optimizer step that keep ``train.global_batch`` at any world size."""
+    per_step = config.data.batch_size * world_size
+    global_batch = config.train.global_batch or per_step
+    if global_batch % per_step:
+        raise BlockmixError(
+            f"train.global_batch={global_batch} is not a multiple of data.batch_size x world size "
+            f"({config.data.batch_size} x {world_size}); change either"
+        )
+    return global_batch // per_step
+
+
+def precision(config: Config, on_gpu: bool) -> str:
+    """The resolved precision: fp32 on the CPU, bf16 (or as configured) on a GPU."""
+    wanted = config.train.precision
+    if wanted == "auto":
+        return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    if wanted != "fp32" and not on_gpu:
+        raise BlockmixError(f"train.precision={wanted} needs a GPU; use fp32 or auto on the CPU")
+    return wanted
+
+
+def deepspeed_config(config: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict generated from the blockmix config."""
+    accum = accumulation_steps(config, world_size)
+    stage = config.train.zero_stage
+    zero: dict[str, Any] = {"stage": stage}
+    if stage in (1, 2):
+        zero["elastic_checkpoint"] = True  # ZeRO-1/2 shards reload at another world size
+    ds: dict[str, Any] = {
+        "train_batch_size": config.data.batch_size * world_size * accum,
+        "train_micro_batch_size_per_gpu": config.data.batch_size,
+        "gradient_accumulation_steps": accum,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if config.train.grad_clip > 0:
+        ds["gradient_clipping"] = config.train.grad_clip
+    mode = precision(config, on_gpu)
+    if mode == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif mode == "fp16":
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    return _deep_merge(ds, config.deepspeed.extra)
+
+
+def optimizer_groups(
+    groups: dict[str, list[nn.Parameter]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """Two optimizer groups: decayed weights; BN, mixture logits and biases without decay."""
+    decay, no_decay = [], []
+    for name, params in groups.items():
+        for param in params:
+            if not param.requires_grad:
+                continue
+            (no_decay if name in NO_DECAY_GROUPS or param.ndim <= 1 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, AdamW or LAMB over the given parameter groups."""
+    groups = [group for group in groups if group["params"]]
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov
+        )
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    return Lamb(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def initialize(model: nn.Module, groups: dict[str, list[nn.Parameter]], config: Config):
+    """The DeepSpeed engine for ``model`` (process group already up); returns the engine."""
+    import deepspeed
+
+    world_size = torch.distributed.get_world_size()
+    on_gpu = torch.cuda.is_available()
+    optimizer = build_optimizer(optimizer_groups(groups, config.optim.weight_decay), config.optim)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(config, world_size, on_gpu)
+    )
+    return engine
+
+
+def set_lr(engine: Any, lr: float) -> None:
+    """Set the rate of every optimizer group (the schedule is computed by the caller)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def input_dtype(engine: Any) -> torch.dtype:
+    """The dtype the engine's module expects its inputs in."""
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al. 2019): AdamW's update scaled per tensor by ||w|| / ||update||."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                step = float(state["step"])
+                state["exp_avg"].mul_(beta1).add_(param.grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                mean = state["exp_avg"] / (1 - beta1**step)
+                var = state["exp_avg_sq"] / (1 - beta2**step)
+                update = mean / (var.sqrt() + group["eps"]) + group["weight_decay"] * param
+                weight_norm, update_norm = param.norm(), update.norm()
+                trust = (
+                    (weight_norm / update_norm).item()
+                    if weight_norm > 0 and update_norm > 0
+                    else 1.0
+                )
+                param.add_(update, alpha=-group["lr"] * trust)
+        return loss
+
+
+class EMA:
+    """Exponential moving average of a module's parameters and buffers (ZeRO stages 0-2)."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the average towards the module's current weights (after an optimizer step)."""
+        for key, value in module.state_dict().items():
+            if value.is_floating_point():
+                self.shadow[key].lerp_(value.float(), 1.0 - self.decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

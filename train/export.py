@@ -1,0 +1,83 @@
+"""Consolidated fp32 weights out of a run's sharded checkpoint, and back into a plain model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from train.checkpoint import SHARED, Checkpointer
+from train.config import CheckpointConfig, Config
+from train.errors import BlockmixError
+
+
+def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model's full fp32 state dict (parameters and buffers) at the run's latest checkpoint.
+
+    ``ema`` returns the EMA weights instead (the run must have had ``train.ema_decay`` > 0).
+    """
+    checkpoints = Path(run_dir) / "checkpoints"
+    latest = Checkpointer(checkpoints, CheckpointConfig(), {}, {}).latest()
+    if latest is None:
+        raise BlockmixError(f"{run_dir} has no checkpoint ({checkpoints}/latest is missing)")
+    folder, meta = latest
+    if ema:
+        shared = torch.load(folder / SHARED, weights_only=False)
+        if "ema" not in shared:
+            raise BlockmixError(f"{run_dir} was trained without train.ema_decay; drop --ema")
+        state = shared["ema"]["shadow"]
+    elif meta["zero_stage"] == 0:
+        state = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=folder.name)
+    return {
+        name: (t.float() if t.is_floating_point() else t).detach().contiguous().clone()
+        for name, t in state.items()
+    }
+
+
+def export(run_dir: str | Path, out: str | Path, ema: bool = False) -> Path:
+    """Write the run's consolidated weights to a safetensors file."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(consolidated_state_dict(run_dir, ema), str(out), metadata={"run": str(run_dir)})
+    return out
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a safetensors file written by `export` into a plain (non-DeepSpeed) model."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise BlockmixError(f"weights={path}: no such file; write one with `blockmix export`")
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise BlockmixError(
+            f"weights={path} do not fit model: {first}; use the run's config"
+        ) from None
+    return model
+
+
+def evaluate_weights(config: Config, weights: str | Path) -> dict[str, float]:
+    """Top-1, top-5 and loss of exported ``weights`` on the val split, without DeepSpeed."""
+    from data_pipeline.loader import DaliLoader
+    from train import models
+    from train.metrics import ClassificationMetrics, evaluate
+
+    mc = config.model
+    model = models.build(mc.name, mc.variant, mc.num_classes, mc.mode, mc.num_tasks, **mc.options)
+    load_weights(model, weights).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loader = DaliLoader(config.data, train=False, device_id=0 if device == "cuda" else None)
+    try:
+        metrics = ClassificationMetrics(mc.num_classes, device)
+        return evaluate(model.to(device), loader, metrics, device)
+    finally:
+        loader.close()
