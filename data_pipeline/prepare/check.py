@@ -106,6 +106,8 @@ def check_image(path: str, decode_pixel_limit: int = DECODE_PIXEL_LIMIT) -> Imag
                     f"huge image ({width}x{height} > {decode_pixel_limit} pixels): header checked only"
                 )
             return _with(found, note="; ".join(notes))
+    except FileNotFoundError:
+        return ImageCheck(reason="missing file")
     except UnidentifiedImageError:
         return ImageCheck(reason="not an image file")
     except Exception as error:  # a malformed file may make any PIL plugin raise; never crash a scan

@@ -29,7 +29,7 @@ HEADER_FILE = "index.json"
 ARRAYS_FILE = "index.npz"
 FORMAT = "blockmix-index"
 VERSION = 1
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same index gives the same bytes
 
 
@@ -125,7 +125,7 @@ def check_index(index: DatasetIndex, where: str) -> None:
     for name, split in index.splits.items():
         n = len(split.files)
         problem = None
-        if not _SPLIT_NAME.fullmatch(name):
+        if not SPLIT_NAME.fullmatch(name):
             problem = "split names may use letters, digits, '_' and '-' only"
         elif split.labels.dtype != np.int64 or split.labels.shape != (n,):
             problem = f"labels must be int64 of shape ({n},)"

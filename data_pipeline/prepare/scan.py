@@ -18,7 +18,7 @@ import numpy as np
 
 from data_pipeline.prepare.atomic import write_json_atomic
 from data_pipeline.prepare.check import DECODE_PIXEL_LIMIT, ImageCheck, check_images
-from data_pipeline.prepare.index import DatasetIndex, Split, index_dir, save_index
+from data_pipeline.prepare.index import SPLIT_NAME, DatasetIndex, Split, index_dir, save_index
 from train.errors import BlockmixError
 
 REPORT_FILE = "index_report.json"
@@ -151,6 +151,11 @@ def _scan_split(root: Path, name: str) -> Candidates:
 def _from_file_lists(root: Path, lists: dict[str, Path]) -> tuple[list[str], dict[str, Candidates]]:
     if "train" not in lists:
         raise BlockmixError("--file-list: a train list is required (--file-list train=PATH)")
+    for name in lists:
+        if not SPLIT_NAME.fullmatch(name):
+            raise BlockmixError(
+                f"--file-list {name}=...: split names may use letters, digits, '_' and '-'"
+            )
     parsed = {name: _parse_file_list(path) for name, path in lists.items()}
     train_labels = parsed["train"][1]
     if not train_labels:

@@ -34,7 +34,6 @@ from data_pipeline.prepare.manifest import (
 )
 from train.errors import BlockmixError
 
-DEFAULT_SHARD_SIZE = 1000
 WDS_INDEX_VERSION = "v1.2"  # the index format of DALI's wds2idx
 _TAR_BLOCK = 512
 _SHUFFLED_SPLITS = ("train",)
@@ -61,7 +60,7 @@ class PreparedShards:
 def prepare_shards(
     root: str | Path,
     out: str | Path,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int,
     seed: int = 0,
     workers: int | None = None,
 ) -> PreparedShards:
