@@ -20,7 +20,7 @@ def build_isometric(config: IsometricConfig) -> Network:
     stem = ConvNormAct(
         3, width, config.patch_size, config.patch_size, num_tasks=config.num_tasks, act="relu6"
     )
-    block = InvertedResidual(width, width * config.expansion, width)
+    block = InvertedResidual(width, config.channels(config.width * config.expansion), width)
     (templates,) = config.bank_templates()
     stage = Stage(None, block, config.blocks, config.num_tasks, templates, config.mixing)
     neck = ConvNormAct(width, config.head_width, 1, num_tasks=config.num_tasks, act="relu6")

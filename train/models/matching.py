@@ -65,10 +65,19 @@ def match(config: ModelConfig, mode: str, settings: MatchingConfig | None = None
     blocks = base.positions()
     if mode == "deeper":
         target = config_params(base)
-        tmix = base.with_positions(tuple(settings.depth_multiplier * n for n in blocks))
+        deeper = base.with_positions(tuple(settings.depth_multiplier * n for n in blocks))
+        # Fewest templates removed first; if none lands within tolerance at full width, narrow
+        # the variants still above the target, most trimmed (least narrowing) first.
+        above = []
         for trim in range(max(blocks)):
-            templates = tuple(max(1, n - trim) for n in blocks)
-            found = _fit_width(tmix.replace(variant="tmix", templates=templates), target, settings)
+            tmix = deeper.replace(variant="tmix", templates=tuple(max(1, n - trim) for n in blocks))
+            count = config_params(tmix)
+            if abs(count - target) <= settings.tolerance * target:
+                return MatchedPair(mode, base, tmix, target, count)
+            if count > target:
+                above.append(tmix)
+        for tmix in reversed(above):
+            found = _fit_width(tmix, target, settings)
             if found is not None:
                 return MatchedPair(mode, base, found[0], target, found[1])
     else:

@@ -104,13 +104,15 @@ class TemplateBank(nn.Module):
                 positions = torch.arange(self.num_positions)
                 self.logits[:, positions, positions % self.num_templates] = hot
 
-    def template_views(self) -> dict[str, Tensor]:
-        """Name -> view of shape (K, *shape) into ``templates`` (writable, shares storage)."""
-        columns = self.templates.split(self.sizes, dim=1)
-        return {
-            name: column.view(self.num_templates, *shape)
-            for (name, shape), column in zip(self.shapes.items(), columns, strict=True)
-        }
+    def template_views(self, flat: Tensor | None = None) -> dict[str, Tensor]:
+        """Name -> view of shape (K, *shape) into ``templates`` (or into ``flat``, e.g. its
+        gradient). Views share storage: write to them under ``torch.no_grad()``."""
+        flat = self.templates if flat is None else flat
+        views, start = {}, 0
+        for (name, shape), size in zip(self.shapes.items(), self.sizes, strict=True):
+            views[name] = flat[:, start : start + size].view(self.num_templates, *shape)
+            start += size
+        return views
 
     def alpha(self, task: int = 0) -> Tensor:
         """Mixture weights (L, K) of ``task``: softmax of logits / temperature, or the raw
