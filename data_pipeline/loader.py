@@ -154,7 +154,10 @@ class DaliLoader:
 
     def _start_epoch(self) -> None:
         """Move past a finished (or, for evaluation, interrupted) epoch; align the pipeline."""
-        if self._steps_left() == 0 or (not self.train and self.cursor):
+        finished = self._steps_left() == 0
+        if finished or (not self.train and self.cursor):
+            if finished and self._pipe_at == (self.epoch, self.cursor):
+                self._pipe_at = (self.epoch + 1, 0)  # the pipeline runs on into the next epoch
             self.epoch, self.cursor = self.epoch + 1, 0
         if self._pipe_at != (self.epoch, self.cursor):
             self._build()
@@ -197,8 +200,6 @@ class DaliLoader:
             epoch, cursor = epoch + 1, 0
 
     def _next_images(self) -> torch.Tensor:
-        from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
-
         try:
             (images,) = self._pipe.run()
         except RuntimeError as error:
@@ -207,7 +208,7 @@ class DaliLoader:
                 f"data.root: DALI failed reading split {self.split_name!r} at epoch {self.epoch}, "
                 f"cursor {self.cursor}: {first}; re-run `blockmix prepare index`"
             ) from error
-        images = to_torch_tensor(images.as_tensor(), copy=True)
+        images = torch.from_dlpack(images.as_tensor())  # zero-copy; DALI keeps it valid
         return images.permute(0, 3, 1, 2) if self.config.channels_last else images
 
 
@@ -238,11 +239,12 @@ class _Source:
             yield encoded, anchors, shapes, flips.astype(np.int32)
 
     def _read(self, i: int) -> np.ndarray:
-        path = self.root / self.split.files[i]
-        if self.split.offsets is None:
-            return np.fromfile(path, dtype=np.uint8)
-        offset, length = self.split.offsets[i]
-        return np.fromfile(path, dtype=np.uint8, count=int(length), offset=int(offset))
+        with open(self.root / self.split.files[i], "rb") as file:
+            if self.split.offsets is None:
+                return np.frombuffer(file.read(), dtype=np.uint8)
+            offset, length = self.split.offsets[i]
+            file.seek(int(offset))
+            return np.frombuffer(file.read(int(length)), dtype=np.uint8)
 
 
 def normalize(
@@ -283,7 +285,10 @@ def _load_index(root: str) -> DatasetIndex:
         )
     from data_pipeline.prepare.index import load_index
 
-    return load_index(root)
+    try:
+        return load_index(root)
+    except BlockmixError as error:
+        raise BlockmixError(f"data.root: {error}") from None
 
 
 def _get_split(index: DatasetIndex, name: str, field: str) -> Split:

@@ -4,8 +4,7 @@ Labels are the sample indices, so every batch says which samples it holds.
 """
 
 import tarfile
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,24 +13,10 @@ from PIL import Image
 
 from data_pipeline.config import DataConfig
 from data_pipeline.loader import DaliLoader, check_num_classes, normalize
+from data_pipeline.prepare.index import DatasetIndex, Split, save_index
 from train.errors import BlockmixError
 
 NUM_SAMPLES = 20
-
-
-@dataclass(frozen=True)
-class Split:  # the shape of data_pipeline.prepare.index.Split
-    files: list
-    labels: np.ndarray
-    sizes: np.ndarray
-    offsets: np.ndarray | None
-
-
-@dataclass(frozen=True)
-class DatasetIndex:  # the shape of data_pipeline.prepare.index.DatasetIndex
-    root: Path
-    classes: list
-    splits: dict
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +33,9 @@ def index(tmp_path_factory):
         Image.fromarray(pixels).save(root / f"{i}.jpg", quality=90)
         files.append(f"{i}.jpg")
         sizes.append((height, width))
-    split = Split(files, np.arange(NUM_SAMPLES), np.array(sizes, dtype=np.int32), None)
+    split = Split(
+        files, np.arange(NUM_SAMPLES, dtype=np.int64), np.array(sizes, dtype=np.int32), None
+    )
     return DatasetIndex(root, [f"c{i}" for i in range(NUM_SAMPLES)], {"train": split, "val": split})
 
 
@@ -140,7 +127,9 @@ def test_tar_shards_give_the_same_pixels_as_files(index, tmp_path):
     with tarfile.open(tmp_path / "shard-0.tar") as tar:
         members = {m.name: m for m in tar.getmembers()}
         offsets = [(members[n].offset_data, members[n].size) for n in split.files]
-    sharded = Split(["shard-0.tar"] * NUM_SAMPLES, split.labels, split.sizes, np.array(offsets))
+    sharded = Split(
+        ["shard-0.tar"] * NUM_SAMPLES, split.labels, split.sizes, np.array(offsets, dtype=np.int64)
+    )
     tar_index = DatasetIndex(tmp_path, index.classes, {"train": sharded, "val": sharded})
     from_files = DaliLoader(_config(index), train=True, index=index)
     from_tar = DaliLoader(_config(index), train=True, index=tar_index)
@@ -183,9 +172,19 @@ def test_bad_configuration_is_a_one_line_error_naming_the_field(index, changes, 
     assert "\n" not in str(error.value)
 
 
+def test_a_saved_index_is_found_from_data_root_alone(index, tmp_path):
+    save_index(index, tmp_path)
+    from_disk = DaliLoader(_config(index, root=str(tmp_path)), train=False)
+    in_memory = DaliLoader(_config(index), train=False, index=index)
+    for a, b in zip(from_disk, in_memory, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
 def test_missing_root_empty_split_class_count_and_foreign_state_are_refused(index, tmp_path):
-    with pytest.raises(BlockmixError, match=r"data\.root"):
+    with pytest.raises(BlockmixError, match=r"data\.root .* is not a folder"):
         DaliLoader(_config(index, root=str(tmp_path / "absent")), train=True)
+    with pytest.raises(BlockmixError, match=r"data\.root: .* no blockmix index"):
+        DaliLoader(_config(index, root=str(tmp_path)), train=True)
     empty = Split([], np.zeros(0, np.int64), np.zeros((0, 2), np.int32), None)
     with pytest.raises(BlockmixError, match=r"data\.val_split='val' .* has no samples"):
         DaliLoader(_config(index), train=False, index=replace(index, splits={"val": empty}))

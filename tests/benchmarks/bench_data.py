@@ -1,0 +1,269 @@
+"""`make bench-data`: the DALI loader against a PIL DataLoader, the decode ceiling, and index scale.
+
+1. An ImageNet-like set (500x375 / 375x500 JPEGs cut from scikit-learn's real photos), standard
+   train augmentation to 224 px (random-resized-crop, flip, normalise, NCHW float):
+   DaliLoader vs a plain torch DataLoader with PIL doing the same, with the same number of worker
+   threads/processes; plus the single-pass decode ceiling (decode-only, all threads) measured with
+   both DALI and PIL, the faster of which is the ceiling.
+2. Scale: a 1,281,167-entry index saved with the prepare helpers; time and peak memory (a fresh
+   process) to load it and produce epoch 0's sample assignment for rank 0 of 512.
+Ratios are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import itertools
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data_pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from data_pipeline.prepare.index import DatasetIndex, Split, load_index, save_index
+
+# torch, scikit-learn and DALI are imported where used: the scale child process must stay lean.
+
+IMAGENET_TRAIN = 1_281_167
+
+
+def make_images(folder: Path, count: int) -> DatasetIndex:
+    """``count`` JPEGs of 500x375 (3 in 4) or 375x500, random crops of the real sample photos."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    files, sizes = [], []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        width, height = (500, 375) if i % 4 else (375, 500)
+        crop_h = int(rng.integers(200, photo.height + 1))
+        crop_w = min(photo.width, int(crop_h * width / height * rng.uniform(0.8, 1.2)))
+        x, y = (
+            int(rng.integers(0, photo.width - crop_w + 1)),
+            int(rng.integers(0, photo.height - crop_h + 1)),
+        )
+        image = photo.resize((width, height), Image.BILINEAR, box=(x, y, x + crop_w, y + crop_h))
+        image.save(folder / f"{i:05d}.JPEG", quality=90)
+        files.append(f"{i:05d}.JPEG")
+        sizes.append((height, width))
+    split = Split(files, np.arange(count) % 10, np.array(sizes, dtype=np.int32), None)
+    return DatasetIndex(folder, [f"class{c}" for c in range(10)], {"train": split})
+
+
+class PilTrainSet:
+    """The same recipe with PIL and numpy: RandomResizedCrop(224) + flip + normalise, CHW float."""
+
+    def __init__(self, index: DatasetIndex, size: int) -> None:
+        self.paths = [index.root / f for f in index.splits["train"].files]
+        self.labels = index.splits["train"].labels
+        self.size = size
+        self.mean = np.array(IMAGENET_MEAN, dtype=np.float32) * 255
+        self.std = np.array(IMAGENET_STD, dtype=np.float32) * 255
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        with Image.open(self.paths[i]) as image:
+            image = image.convert("RGB")
+            box = _random_resized_crop(image.width, image.height)
+            image = image.resize((self.size, self.size), Image.BILINEAR, box=box)
+        if random.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = (np.asarray(image, dtype=np.float32) - self.mean) / self.std
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)), int(self.labels[i])
+
+
+def _random_resized_crop(width: int, height: int) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop window (scale 0.08-1, ratio 3/4-4/3) as a PIL box."""
+    area = width * height
+    for _ in range(10):
+        target = area * random.uniform(0.08, 1.0)
+        aspect = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            x, y = random.randint(0, width - w), random.randint(0, height - h)
+            return x, y, x + w, y + h
+    return 0, 0, width, height
+
+
+def _timed(batches: Iterable[int]) -> float:
+    """Images per second while consuming ``batches`` (an iterable of batch sizes)."""
+    start = time.perf_counter()
+    count = sum(batches)
+    return count / (time.perf_counter() - start)
+
+
+def dali_runner(index: DatasetIndex, threads: int, batch: int) -> Callable[[], float]:
+    """One timed epoch of DaliLoader per call (after an untimed warm-up epoch)."""
+    from data_pipeline.loader import DaliLoader
+
+    config = DataConfig(root=str(index.root), batch_size=batch, num_threads=threads, device="cpu")
+    loader = DaliLoader(config, train=True, index=index)
+    for _ in loader:
+        pass
+    return lambda: _timed(len(b.labels) for b in loader)
+
+
+def pil_runner(index: DatasetIndex, workers: int, batch: int) -> Callable[[], float]:
+    """One timed epoch of a torch DataLoader with PIL worker processes per call."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(
+        PilTrainSet(index, 224),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=True,
+    )
+    for _ in loader:
+        pass
+    return lambda: _timed(len(images) for images, _ in loader)
+
+
+def dali_decode_runner(index: DatasetIndex, threads: int, batch: int) -> Callable[[], float]:
+    """One epoch of decode-only DALI (full single-pass decode, bytes fed the same way) per call."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import Pipeline
+
+    files = [index.root / f for f in index.splits["train"].files]
+    steps = len(files) // batch
+
+    def source():
+        for i in itertools.count():
+            first = (i % steps) * batch
+            yield [np.fromfile(p, dtype=np.uint8) for p in files[first : first + batch]]
+
+    pipe = Pipeline(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=2)
+    with pipe:
+        jpegs = fn.external_source(source=source(), batch=True, dtype=types.UINT8)
+        pipe.set_outputs(fn.decoders.image(jpegs, device="cpu", output_type=types.RGB))
+    for _ in range(steps):
+        pipe.run()
+    return lambda: _timed(len(pipe.run()[0]) for _ in range(steps))
+
+
+def _pil_decode(path: Path) -> int:
+    with Image.open(path) as image:
+        return image.convert("RGB").width
+
+
+def pil_decode_runner(index: DatasetIndex, workers: int) -> Callable[[], float]:
+    """One pass of decode-only PIL over the set in ``workers`` processes per call."""
+    import multiprocessing
+
+    files = [index.root / f for f in index.splits["train"].files]
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    atexit.register(pool.terminate)
+    pool.map(_pil_decode, files)
+    return lambda: _timed(len(pool.map(_pil_decode, files, chunksize=8)) for _ in range(1))
+
+
+def write_scale_index(folder: Path) -> None:
+    """An ImageNet-train-sized index (synthetic paths, 1000 classes) saved like `prepare` does."""
+    labels = np.arange(IMAGENET_TRAIN, dtype=np.int64) % 1000
+    classes = [f"n{c:08d}" for c in range(1000)]
+    files = [f"train/{classes[c]}/{classes[c]}_{i}.JPEG" for i, c in enumerate(labels.tolist())]
+    sizes = np.tile(np.array([[375, 500]], dtype=np.int32), (IMAGENET_TRAIN, 1))
+    split = Split(files, labels, sizes, None)
+    save_index(DatasetIndex(folder, classes, {"train": split}), folder)
+
+
+def scale_child(folder: str) -> None:
+    """In a fresh process: load the index and assign epoch 0 to rank 0 of 512; print s and MB."""
+    from data_pipeline.order import TrainOrder, epoch_permutation
+
+    baseline_mb = _peak_rss_mb()
+    start = time.perf_counter()
+    split = load_index(folder).splits["train"]
+    order = TrainOrder(len(split.files), batch_size=64, rank=0, world_size=512)
+    mine = order.rank_epoch_indices(epoch_permutation(len(split.files), seed=0, epoch=0))
+    first_files = [split.files[i] for i in mine[:4]]
+    elapsed = time.perf_counter() - start
+    peak_mb = _peak_rss_mb()
+    print(f"{elapsed} {peak_mb} {baseline_mb} {len(mine)} {first_files[0]}")
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss, not inherited over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=320)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scale_child:
+        scale_child(args.scale_child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        index = make_images(Path(tmp), args.images)
+        print(f"ImageNet-like set: {args.images} JPEGs (500x375 / 375x500) in {tmp}")
+        print(
+            f"threads/workers: {args.threads}, batch {args.batch}, best of {args.rounds} "
+            "interleaved rounds of one epoch each (img/s)"
+        )
+        runners = {
+            "DALI loader (ROI decode, RRC 224, flip, normalise)": dali_runner(
+                index, args.threads, args.batch
+            ),
+            "PIL + torch DataLoader, same recipe": pil_runner(index, args.threads, args.batch),
+            "decode only, DALI": dali_decode_runner(index, args.threads, args.batch),
+            "decode only, PIL": pil_decode_runner(index, args.threads),
+        }
+        rates = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, run in runners.items():
+                rates[name].append(run())
+        for name, values in rates.items():
+            print(
+                f"  {name:52s} {max(values):7.1f}   (rounds: {', '.join(f'{v:.0f}' for v in values)})"
+            )
+    dali, pil, decode_dali, decode_pil = (max(v) for v in rates.values())
+    ceiling = max(decode_dali, decode_pil)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        write_scale_index(Path(tmp))
+        print(
+            f"Scale: wrote a {IMAGENET_TRAIN:,}-entry index in {time.perf_counter() - start:.1f} s"
+        )
+        child = subprocess.run(
+            [sys.executable, __file__, "--scale-child", tmp],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        seconds, peak_mb, baseline_mb, assigned, first = child.stdout.split()
+        print(f"  rank 0 of 512 gets {assigned} samples in epoch 0 (first: {first})")
+    print("Results (ratios last):")
+    print(
+        f"  scale: load index + rank 0/512 assignment {float(seconds):.2f} s (target <= 5 s), "
+        f"peak memory {float(peak_mb):.0f} MB (target <= 500 MB; whole process, "
+        f"{float(baseline_mb):.0f} MB before loading)"
+    )
+    print(
+        f"  decode ceiling share: DALI loader / decode-only = {dali / ceiling:.0%} (target >= 50%)"
+    )
+    print(f"  speed-up: DALI loader / PIL DataLoader = {dali / pil:.2f}x (target >= 2.0x)")
+
+
+if __name__ == "__main__":
+    main()
