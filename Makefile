@@ -10,7 +10,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup test lint bench-models
+.PHONY: setup test lint bench-models bench-data
 
 setup: $(STAMP)
 
@@ -32,3 +32,6 @@ lint: $(STAMP)
 
 bench-models: $(STAMP)
 	$(PY) tests/benchmarks/bench_models.py
+
+bench-data: $(STAMP)
+	$(PY) tests/benchmarks/bench_data.py
