@@ -32,7 +32,7 @@ NODES = ("node1", "node2")
 PARTITION = "debug"
 DEFAULT_STATE_DIR = Path("/tmp/blockmix-slurm")
 # A requeued job may start again only after the credential lifetime; SLURM's default is 120 s.
-CRED_EXPIRE_S = 10
+CRED_EXPIRE_S = 5
 
 
 class ClusterUnavailable(RuntimeError):
@@ -116,6 +116,7 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = 45.0) -> Local
     cluster = LocalCluster(Path(state_dir).resolve())
     if any(path.exists() for group in cluster.pid_files() for path in group):
         raise ClusterUnavailable(f"{cluster.state_dir} holds a running cluster; stop it first")
+    _check_parents(cluster.state_dir)
     shutil.rmtree(cluster.state_dir, ignore_errors=True)
     _write_config(cluster)
     try:
@@ -146,9 +147,22 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> str:
     return (result.stdout or result.stderr).strip()
 
 
+def _check_parents(state_dir: Path) -> None:
+    """munged requires every directory above its socket to be searchable by all users."""
+    for parent in state_dir.parents:
+        if parent.exists() and not parent.stat().st_mode & 0o001:
+            raise ClusterUnavailable(
+                f"{parent} is not searchable by all users (mode {parent.stat().st_mode & 0o777:o}),"
+                " which munged requires; choose a state directory elsewhere, e.g. under /tmp"
+            )
+
+
 def _write_config(cluster: LocalCluster) -> None:
     munge_dir = cluster.munge_socket.parent
-    munge_dir.mkdir(parents=True, mode=0o755)  # munged: clients of every user reach the socket
+    cluster.state_dir.mkdir(parents=True, mode=0o755)
+    cluster.state_dir.chmod(0o755)  # whatever the umask
+    munge_dir.mkdir()
+    munge_dir.chmod(0o755)  # munged: clients of every user reach the socket
     for directory in (cluster.log_dir, cluster.state_dir / "ctld"):
         directory.mkdir(mode=0o700)
     for node in NODES:
@@ -186,6 +200,7 @@ def _write_config(cluster: LocalCluster) -> None:
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
         "SchedulerType=sched/backfill",
+        "SchedulerParameters=sched_interval=1,bf_interval=1",  # start requeued jobs promptly
         "SlurmdParameters=config_overrides",
         "MpiDefault=none",
         "MailProg=/bin/true",
@@ -290,8 +305,8 @@ def _cancel_jobs(cluster: LocalCluster) -> None:
     cluster.run("scancel", "--full", f"--partition={PARTITION}", check=False)
 
     def no_jobs() -> bool:
-        result = cluster.run("squeue", "-h", "-t", "all", "-o", "%T", check=False)
-        return result.returncode != 0 or not set(result.stdout.split()) - {"CANCELLED", "COMPLETED"}
+        result = cluster.run("squeue", "-h", "-o", "%T", check=False)  # active jobs only
+        return result.returncode != 0 or not result.stdout.strip()
 
     try:
         _wait(time.monotonic() + 15, "jobs cancelled", no_jobs)
