@@ -123,7 +123,10 @@ def load_cluster_config(path: str | Path | None = None) -> ClusterConfig:
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as error:
-        raise BlockmixError(f"cluster config {file}: not valid YAML ({error})") from None
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise BlockmixError(f"cluster config {file}: not valid YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise BlockmixError(f"cluster config {file}: the top level must be a mapping of fields")
     unknown = sorted(set(data) - {item.name for item in fields(ClusterConfig)})
