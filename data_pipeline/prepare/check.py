@@ -1,7 +1,8 @@
 """Checking image files before a run meets them: does the file decode, and can DALI decode it?
 
-Files are checked in worker processes (spawned, so that PIL's process-wide decompression-bomb
-limit can be replaced by blockmix's own ``decode_pixel_limit`` there without touching the caller):
+Files are checked in worker processes (forked from a clean fork server, so that PIL's
+process-wide decompression-bomb limit can be replaced by blockmix's own ``decode_pixel_limit``
+there without touching the caller, and threads of the caller never meet a fork):
 images up to the limit are fully decoded; larger JPEGs are decoded at 1/8 scale (every byte is
 still entropy-decoded, at 1/64 of the memory); larger images of other formats have their header
 checked only. Such huge images are kept and noted in the report.
@@ -64,7 +65,7 @@ def check_images(
     check = partial(check_image, decode_pixel_limit=decode_pixel_limit)
     with ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=multiprocessing.get_context("forkserver"),
         initializer=_init_worker,
     ) as pool:
         results = pool.map(check, paths, chunksize=chunksize)
