@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import re
 import zipfile
@@ -21,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from data_pipeline.prepare.atomic import write_atomic, write_json_atomic
-from data_pipeline.prepare.manifest import MANIFEST_FILE, verify_manifest
+from data_pipeline.prepare.manifest import verify_manifest
 from train.errors import BlockmixError
 
 INDEX_DIR = ".blockmix"
@@ -72,12 +73,13 @@ def save_index(index: DatasetIndex, folder: str | Path) -> Path:
     check_index(index, "index to save")
     arrays: dict[str, np.ndarray] = {}
     for name, split in index.splits.items():
-        table = list(dict.fromkeys(split.files))
-        position = {path: i for i, path in enumerate(table)}
+        table, path_ids = _path_runs(split.files)
+        if "" in table or "\n" in "".join(table):
+            raise BlockmixError(
+                f"index to save: split {name!r}: file paths must be non-empty, without newlines"
+            )
         arrays[f"{name}.paths"] = np.frombuffer("\n".join(table).encode(), np.uint8)
-        arrays[f"{name}.path_ids"] = np.fromiter(
-            (position[path] for path in split.files), np.int32, len(split.files)
-        )
+        arrays[f"{name}.path_ids"] = path_ids
         arrays[f"{name}.labels"] = split.labels
         arrays[f"{name}.sizes"] = split.sizes
         if split.offsets is not None:
@@ -112,8 +114,7 @@ def load_index(root: str | Path) -> DatasetIndex:
     if not (directory / HEADER_FILE).is_file():
         raise BlockmixError(_missing_index_message(folder))
     index = _read_index(folder, directory)
-    sharded = any(split.offsets is not None for split in index.splits.values())
-    if sharded or (folder / MANIFEST_FILE).exists():
+    if any(split.offsets is not None for split in index.splits.values()):
         verify_manifest(folder, index, directory)
     return index
 
@@ -137,8 +138,6 @@ def check_index(index: DatasetIndex, where: str) -> None:
             problem = f"offsets must be int64 of shape ({n}, 2)"
         elif n and (split.labels.min() < 0 or split.labels.max() >= len(index.classes)):
             problem = f"labels must lie in [0, {len(index.classes)})"
-        elif any(not path or "\n" in path for path in split.files):
-            problem = "file paths must be non-empty and without newlines"
         if problem:
             raise BlockmixError(f"{where}: split {name!r}: {problem}")
 
@@ -183,13 +182,25 @@ def _read_index(folder: Path, directory: Path) -> DatasetIndex:
 def _read_split(arrays: np.lib.npyio.NpzFile, name: str, sharded: bool) -> Split:
     blob = arrays[f"{name}.paths"].tobytes().decode()
     table = blob.split("\n") if blob else []
-    files = list(map(table.__getitem__, arrays[f"{name}.path_ids"].tolist()))
+    path_ids = arrays[f"{name}.path_ids"]
+    files = (
+        table if len(table) == len(path_ids) else list(map(table.__getitem__, path_ids.tolist()))
+    )
     return Split(
         files=files,
         labels=arrays[f"{name}.labels"],
         sizes=arrays[f"{name}.sizes"],
         offsets=arrays[f"{name}.offsets"] if sharded else None,
     )
+
+
+def _path_runs(files: list[str]) -> tuple[list[str], np.ndarray]:
+    """Run-length code of ``files``: the path of each run of equal neighbours and, per sample, its
+    run number (a shard's samples share one path; distinct image files stay one run each)."""
+    starts = np.ones(len(files), bool)
+    starts[1:] = np.fromiter(map(operator.ne, files[1:], files[:-1]), bool, max(len(files) - 1, 0))
+    table = [files[i] for i in np.flatnonzero(starts).tolist()]
+    return table, (np.cumsum(starts) - 1).astype(np.int32)
 
 
 def _write_npz(stream: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
