@@ -9,6 +9,7 @@ another world size, with no DALI RNG checkpoint needed.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,11 +203,11 @@ class DaliLoader:
     def _next_images(self) -> torch.Tensor:
         try:
             (images,) = self._pipe.run()
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        except (RuntimeError, OSError) as error:  # a decode failure, or a file gone since indexing
+            self.close()
             raise BlockmixError(
-                f"data.root: DALI failed reading split {self.split_name!r} at epoch {self.epoch}, "
-                f"cursor {self.cursor}: {first}; re-run `blockmix prepare index`"
+                f"data.root: could not load split {self.split_name!r} at epoch {self.epoch}, "
+                f"cursor {self.cursor}: {_reason(error)}; check the files or re-run `blockmix prepare`"
             ) from error
         images = torch.from_dlpack(images.as_tensor())  # zero-copy; DALI keeps it valid
         return images.permute(0, 3, 1, 2) if self.config.channels_last else images
@@ -266,6 +267,16 @@ def check_num_classes(index: DatasetIndex, num_classes: int) -> None:
             f"model.num_classes={num_classes} but data.root {index.root} has "
             f"{len(index.classes)} classes; set model.num_classes={len(index.classes)}"
         )
+
+
+def _reason(error: Exception) -> str:
+    """One line from a DALI error: the failing operator and what it encountered."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:
+        operator = re.search(r"operator `([^`]+)`", str(error))
+        cause = lines[lines.index("encountered:") + 1]
+        return f"{operator.group(1)}: {cause}" if operator else cause
+    return lines[0] if lines else type(error).__name__
 
 
 def _resolve_device(device: str, device_id: int | None) -> int | None:

@@ -28,6 +28,8 @@ def build_pipeline(
     ``source`` yields, per step, the batch's encoded images (a list of uint8 arrays) and, for
     training, also int32 crop anchors (x, y), int32 crop shapes (w, h) and int32 flips.
     ``device_id`` None decodes on the CPU; an int decodes with DALI "mixed" on that GPU.
+    Images are decoded as stored (EXIF orientation ignored, like PIL/torchvision), which is what
+    the index's sizes and so the crop windows refer to.
     """
     pipe = Pipeline(
         batch_size=batch_size,
@@ -47,12 +49,19 @@ def build_pipeline(
                 dtype=[types.UINT8, types.INT32, types.INT32, types.INT32],
             )
             images = fn.decoders.image_slice(
-                jpegs, anchors, shapes, device=decoder, output_type=types.RGB
+                jpegs,
+                anchors,
+                shapes,
+                device=decoder,
+                output_type=types.RGB,
+                adjust_orientation=False,
             )
             images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
         else:
             jpegs = fn.external_source(source=source, batch=True, dtype=types.UINT8)
-            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+            images = fn.decoders.image(
+                jpegs, device=decoder, output_type=types.RGB, adjust_orientation=False
+            )
             images = fn.resize(
                 images,
                 resize_shorter=config.val_resize,

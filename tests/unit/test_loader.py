@@ -194,3 +194,20 @@ def test_missing_root_empty_split_class_count_and_foreign_state_are_refused(inde
     loader = DaliLoader(_config(index), train=True, index=index)
     with pytest.raises(BlockmixError, match=r"data\.seed"):
         loader.load_state_dict({**loader.state_dict(), "seed": 1})
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_a_file_damaged_after_indexing_is_a_one_line_error(index, tmp_path, damage):
+    split = index.splits["train"]
+    for name in split.files:
+        (tmp_path / name).write_bytes((index.root / name).read_bytes())
+    victim = tmp_path / split.files[0]
+    if damage == "garbage":
+        victim.write_bytes(b"not a jpeg at all" * 10)
+    else:
+        victim.unlink()
+    damaged = DatasetIndex(tmp_path, index.classes, {"train": split})
+    loader = DaliLoader(_config(index, batch_size=NUM_SAMPLES), train=True, index=damaged)
+    with pytest.raises(BlockmixError, match=r"data\.root: could not load split 'train'") as error:
+        next(iter(loader))
+    assert "\n" not in str(error.value)
