@@ -50,6 +50,17 @@ class Member:
 
 
 @dataclass(frozen=True)
+class _Shard:
+    """One shard to write: ``order`` lists the split's source samples it holds, in tar order;
+    ``first`` is the position of its first sample in the sharded split."""
+
+    split: str
+    stem: str
+    order: np.ndarray
+    first: int
+
+
+@dataclass(frozen=True)
 class PreparedShards:
     """What ``prepare_shards`` wrote."""
 
@@ -72,32 +83,33 @@ def prepare_shards(
         raise BlockmixError(f"{root}: already a folder of shards; give the indexed image folder")
     out = Path(out).expanduser().absolute()
     stale = _previous_files(out)
-    jobs = []
+    plan = []
     for name, split in source.splits.items():
         order = _sample_order(name, len(split), seed)
-        for number, start in enumerate(range(0, len(order), shard_size)):
-            jobs.append((name, f"{name}-{number:06d}", order[start : start + shard_size], start))
+        for number, first in enumerate(range(0, len(split), shard_size)):
+            plan.append(
+                _Shard(name, f"{name}-{number:06d}", order[first : first + shard_size], first)
+            )
     total = sum(len(split) for split in source.splits.values())
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        written = pool.map(lambda job: _write_shard(source, out, *job), jobs)
-        results = list(
-            tqdm(
-                written, total=len(jobs), desc="writing shards", unit="shard", disable=total < 2000
-            )
+        written = pool.map(lambda shard: _write_shard(source, out, shard), plan)
+        bar = tqdm(
+            written, total=len(plan), desc="writing shards", unit="shard", disable=total < 2000
         )
+        results = dict(zip((shard.stem for shard in plan), bar, strict=True))
     splits, entries = {}, {}
     for name, split in source.splits.items():
-        mine = [(job, result) for job, result in zip(jobs, results, strict=True) if job[0] == name]
-        order = np.concatenate([job[2] for job, _ in mine]) if mine else np.zeros(0, np.int64)
+        mine = [shard for shard in plan if shard.split == name]
+        order = np.concatenate([shard.order for shard in mine] or [np.zeros(0, np.int64)])
         splits[name] = Split(
-            files=[f"{job[1]}.tar" for job, _ in mine for _ in job[2]],
+            files=[f"{shard.stem}.tar" for shard in mine for _ in shard.order],
             labels=split.labels[order],
             sizes=split.sizes[order],
-            offsets=np.concatenate([r["offsets"] for _, r in mine])
-            if mine
-            else np.zeros((0, 2), np.int64),
+            offsets=np.concatenate(
+                [results[s.stem][1] for s in mine] or [np.zeros((0, 2), np.int64)]
+            ),
         )
-        entries[name] = {"samples": len(order), "shards": [r["entry"] for _, r in mine]}
+        entries[name] = {"samples": len(order), "shards": [results[s.stem][0] for s in mine]}
     index = DatasetIndex(root=out, classes=source.classes, splits=splits)
     manifest = _manifest(index, entries, shard_size, seed)
     save_index(index, out)
@@ -118,18 +130,15 @@ def wds_index_text(samples: list[list[Member]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_shard(
-    source: DatasetIndex, out: Path, split_name: str, stem: str, order: np.ndarray, first: int
-) -> dict:
-    """Write ``stem``.tar and ``stem``.idx with the samples ``order`` of a split, the first being
-    the split's sample number ``first``; return its manifest entry and image offsets."""
-    split = source.splits[split_name]
+def _write_shard(source: DatasetIndex, out: Path, shard: _Shard) -> tuple[dict, np.ndarray]:
+    """Write one shard's .tar and .idx; return its manifest entry and its images' tar offsets."""
+    split = source.splits[shard.split]
     samples: list[list[Member]] = []
 
     def write(stream: BinaryIO) -> None:
         with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in order.tolist():
-                key = f"{split_name}_{first + len(samples):08d}"
+            for i in shard.order.tolist():
+                key = f"{shard.split}_{shard.first + len(samples):08d}"
                 image = _read_source(source.root / split.files[i])
                 samples.append(
                     [
@@ -138,7 +147,7 @@ def _write_shard(
                     ]
                 )
 
-    tar_path, idx_path = out / f"{stem}.tar", out / f"{stem}.idx"
+    tar_path, idx_path = out / f"{shard.stem}.tar", out / f"{shard.stem}.idx"
     write_atomic(tar_path, write)
     write_bytes_atomic(idx_path, wds_index_text(samples).encode())
     entry = {
@@ -149,8 +158,7 @@ def _write_shard(
         "sha256": sha256_file(tar_path),
         "idx_sha256": sha256_file(idx_path),
     }
-    offsets = np.array([(s[0].offset, s[0].size) for s in samples], np.int64).reshape(-1, 2)
-    return {"entry": entry, "offsets": offsets}
+    return entry, np.array([(s[0].offset, s[0].size) for s in samples], np.int64).reshape(-1, 2)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> Member:
