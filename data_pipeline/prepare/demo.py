@@ -11,7 +11,7 @@ all domains, so the same digit has the same file name everywhere:
   (`load_sample_images`: china.jpg, flower.jpg), in the style of MNIST-M.
 
 Layout: ``OUT/<domain>/{train,val}/<digit>/<sample>.jpg``, each domain indexed
-(``OUT/<domain>/.blockmix/``); ``OUT/.blockmix/`` is the index of the default domain, so
+(``OUT/<domain>/.blockmix/``) and written whole into a staging folder that is then renamed; ``OUT/.blockmix/`` is the index of the default domain, so
 ``load_index(OUT)`` gives ``digits`` and ``load_index(OUT / "photo")`` another domain;
 ``OUT/domains.json`` lists the domains. Fixed seeds and JPEG settings make every file
 byte-for-byte the same on every run (with the same Pillow and scikit-learn).
@@ -20,14 +20,16 @@ byte-for-byte the same on every run (with the same Pillow and scikit-learn).
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from data_pipeline.prepare.atomic import write_bytes_atomic, write_json_atomic
+from data_pipeline.prepare.atomic import write_json_atomic
 from data_pipeline.prepare.index import DatasetIndex, load_index, save_index
 from data_pipeline.prepare.scan import prepare_index
 from train.errors import BlockmixError
@@ -61,12 +63,17 @@ def prepare_demo(out: str | Path, workers: int | None = None) -> PreparedDemo:
     is_val = _stratified_val(labels)
     indexes = {}
     for domain in DOMAINS:
-        pixels = _render(domain, ink)
-        for i, label in enumerate(labels.tolist()):
+        staging = out / f".{domain}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        for split, label in itertools.product(("train", "val"), np.unique(labels).tolist()):
+            (staging / split / str(label)).mkdir(parents=True)
+        for i, pixels in enumerate(_render(domain, ink)):
             split = "val" if is_val[i] else "train"
-            path = out / domain / split / str(label) / f"{i:04d}.jpg"
-            write_bytes_atomic(path, _jpeg(pixels[i]), fsync=False)
-        indexes[domain] = prepare_index(out / domain, workers=workers).index
+            (staging / split / str(labels[i]) / f"{i:04d}.jpg").write_bytes(_jpeg(pixels))
+        prepare_index(staging, workers=workers)
+        shutil.rmtree(out / domain, ignore_errors=True)
+        staging.rename(out / domain)
+        indexes[domain] = load_index(out / domain)
     save_index(indexes[DEFAULT_DOMAIN], out)
     write_json_atomic(
         out / DOMAINS_FILE,
