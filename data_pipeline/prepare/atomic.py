@@ -10,17 +10,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None], fsync: bool = True) -> None:
-    """Call ``write`` on a temporary file beside ``path``, flush it (to disk unless ``fsync`` is
-    False: many small files that are cheap to remake), then rename it over ``path``."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
-            if fsync:
-                os.fsync(stream.fileno())
+            os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
@@ -28,9 +26,9 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None], fsync: bool = Tr
         raise
 
 
-def write_bytes_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    write_atomic(path, lambda stream: stream.write(data), fsync)
+    write_atomic(path, lambda stream: stream.write(data))
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
