@@ -90,8 +90,12 @@ def summary_lines(prepared: PreparedIndex) -> list[str]:
             + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
         )
     if report["notes"]:
+        modes = Counter()
+        for info in report["splits"].values():
+            modes.update(info["modes"])
         lines.append(
-            f"kept {len(report['notes'])} files with oddities (modes, formats, huge images)"
+            f"kept {len(report['notes'])} files with oddities (modes, formats, huge images); "
+            f"modes: {', '.join(f'{mode} {n}' for mode, n in modes.most_common())}"
         )
     for name, info in report["splits"].items():
         if info["empty_classes"]:
