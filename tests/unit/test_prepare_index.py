@@ -21,12 +21,18 @@ from train.errors import BlockmixError
 LIMIT = 2000  # decode_pixel_limit for the oddity tree: only big.JPEG and huge.png exceed it
 
 
-def _image(path: Path, size: tuple[int, int], mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+def _image(
+    path: Path, size: tuple[int, int], mode: str = "RGB", fmt: str = "JPEG", orientation: int = 0
+) -> bytes:
     """A real image of ``size`` (width, height) with some structure, saved as ``fmt``."""
     x, y = np.meshgrid(np.arange(size[0]), np.arange(size[1]))
     pixels = np.stack([x * 7 % 256, y * 5 % 256, (x + y) * 3 % 256], -1).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, fmt)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    options = {"exif": exif.tobytes()} if orientation else {}
+    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, fmt, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return buffer.getvalue()
@@ -52,10 +58,12 @@ def odd_tree(tmp_path_factory: pytest.TempPathFactory):
     _image(cat / "cmyk.JPEG", (24, 16), "CMYK")
     _image(cat / "png_named.JPEG", (12, 8), fmt="PNG")
     _image(cat / "big.JPEG", (64, 48))
+    _image(cat / "rotated.JPEG", (28, 14), orientation=6)
     _bomb_png(cat / "huge.png", 20000)
     whole = _image(cat / "tmp.JPEG", (40, 30))
     (cat / "tmp.JPEG").unlink()
     (cat / "truncated.JPEG").write_bytes(whole[: len(whole) // 2])
+    (cat / "header_only.JPEG").write_bytes(whole[:20])
     (cat / "empty.JPEG").write_bytes(b"")
     (cat / "notes.txt").write_text("not an image\n")
     _image(cat / "anim.gif", (8, 8), "P", fmt="GIF")
@@ -80,10 +88,11 @@ def test_oddities_are_kept_or_left_out_with_reasons(odd_tree):
         "train/cat/huge.png",
         "train/cat/png_named.JPEG",
         "train/cat/rgb.JPEG",
+        "train/cat/rotated.JPEG",
         "train/dog/a.JPEG",
         "train/dog/sub/b.JPEG",
     ]
-    assert train.labels.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    assert train.labels.tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1]
     assert train.sizes.tolist() == [
         [48, 64],
         [16, 24],
@@ -91,6 +100,7 @@ def test_oddities_are_kept_or_left_out_with_reasons(odd_tree):
         [20000, 20000],
         [8, 12],
         [30, 40],
+        [28, 14],  # EXIF-rotated: as DALI decodes it
         [16, 16],
         [32, 16],
     ]
@@ -100,6 +110,7 @@ def test_oddities_are_kept_or_left_out_with_reasons(odd_tree):
     reasons = {entry["file"]: entry["reason"] for entry in report["left_out"]}
     assert reasons.pop("train/cat/truncated.JPEG").startswith("cannot decode (OSError: Truncated")
     assert reasons == {
+        "train/cat/header_only.JPEG": "cannot decode (truncated or corrupt image header)",
         "train/cat/empty.JPEG": "empty file (0 bytes)",
         "train/cat/notes.txt": "not an image file",
         "train/cat/anim.gif": "GIF image: DALI cannot decode it",
@@ -110,9 +121,10 @@ def test_oddities_are_kept_or_left_out_with_reasons(odd_tree):
         "train/cat/gray.JPEG": "L image (DALI decodes it to RGB)",
         "train/cat/png_named.JPEG": "PNG data in a .JPEG file (DALI decodes by content)",
         "train/cat/big.JPEG": f"huge image (64x48 > {LIMIT} pixels): decoded at 1/8 scale",
+        "train/cat/rotated.JPEG": "EXIF orientation 6: size recorded as DALI decodes it (rotated)",
         "train/cat/huge.png": f"L image (DALI decodes it to RGB); huge image (20000x20000 > {LIMIT} pixels): header checked only",
     }
-    assert report["splits"]["train"]["modes"] == {"RGB": 5, "L": 2, "CMYK": 1}
+    assert report["splits"]["train"]["modes"] == {"RGB": 6, "L": 2, "CMYK": 1}
     assert report["splits"]["train"]["empty_classes"] == ["empty_class"]
     assert report["splits"]["val"]["empty_classes"] == ["cat"]
 
@@ -129,11 +141,11 @@ def test_val_labels_use_the_train_classes(odd_tree):
     assert val.files == ["val/dog/v.JPEG"] and val.labels.tolist() == [1]
     summary = "\n".join(summary_lines(prepared))
     assert (
-        "left out 4 files: 1 GIF image: DALI cannot decode it, 1 empty file, 1 not an image file, 1 cannot decode"
+        "left out 5 files: 2 cannot decode, 1 GIF image: DALI cannot decode it, 1 empty file, 1 not an image file"
         in summary
     )
     assert (
-        "kept 5 files with oddities (modes, formats, huge images); modes: RGB 6, L 2, CMYK 1"
+        "kept 6 files with oddities (modes, formats, huge images); modes: RGB 7, L 2, CMYK 1"
         in summary
     )
     assert "warning: 1 empty train classes: empty_class" in summary
@@ -268,6 +280,6 @@ def test_cli_prepare_index_points_to_the_report(odd_tree, tmp_path, capsys):
     root, _ = odd_tree
     assert main(["prepare", "index", str(root), "--out", str(tmp_path), "--workers", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "indexed 8 train, 1 val samples of 3 classes"
+    assert out[0] == "indexed 9 train, 1 val samples of 3 classes"
     assert out[-1] == f"report: {tmp_path / '.blockmix' / 'index_report.json'}"
     assert load_index(tmp_path).root == root

@@ -25,7 +25,8 @@ MODES = ("RGB", "L", "CMYK")
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An indexed ImageFolder tree: 3 classes, 13 train and 4 val JPEGs of assorted sizes and modes."""
+    """An indexed ImageFolder tree: 3 classes, 13 train and 4 val JPEGs of assorted sizes, modes
+    and EXIF orientations."""
     root = tmp_path_factory.mktemp("source")
     rng = np.random.default_rng(0)
     for split, n in (("train", 13), ("val", 4)):
@@ -34,7 +35,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
             path = root / split / f"class{i % 3}" / f"{i}.JPEG"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).convert(MODES[i % 3]).save(path, quality=90)
+            exif = Image.Exif()
+            exif[0x0112] = 6 if i % 4 == 1 else 1  # some rotated by EXIF, as DALI decodes them
+            Image.fromarray(pixels).convert(MODES[i % 3]).save(
+                path, quality=90, exif=exif.tobytes()
+            )
     prepare_index(root, workers=1)
     return root
 
