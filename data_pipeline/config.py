@@ -48,6 +48,8 @@ class DataConfig:
         for name in ("batch_size", "image_size", "val_resize", "num_threads", "prefetch"):
             if int(getattr(self, name)) < 1:
                 _fail(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            _fail("seed", f"must be >= 0, got {self.seed}")
         if self.val_batch_size is not None and self.val_batch_size < 1:
             _fail("val_batch_size", f"must be >= 1 or null, got {self.val_batch_size}")
         if self.val_resize < self.image_size:

@@ -75,7 +75,7 @@ def test_each_training_sample_once_per_epoch_across_ranks_and_reproducible(index
         epochs.append(labels)
     assert not torch.equal(epochs[0], epochs[1])
     first = [b.images for b in _loaders(index, world_size=3)[1]]
-    again = [b.images for b in _loaders(index, world_size=3)[1]]
+    again = [b.images for b in _loaders(index, world_size=3, num_threads=2)[1]]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
 
 
@@ -164,6 +164,7 @@ def test_data_time_is_recorded_and_close_allows_a_fresh_start(index):
         ({"train_split": "nope"}, "data.train_split"),
         ({"device": "tpu"}, "data.device"),
         ({"val_resize": 16}, "data.val_resize"),
+        ({"seed": -1}, "data.seed"),
     ],
 )
 def test_bad_configuration_is_a_one_line_error_naming_the_field(index, changes, field):
