@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from train.errors import BlockmixError
+
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it."""
@@ -35,3 +37,13 @@ def write_json_atomic(path: Path, value: Any) -> None:
     """Write ``value`` as stable (sorted, indented) JSON to ``path`` atomically."""
     text = json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
     write_bytes_atomic(path, text.encode())
+
+
+def writable_folder(path: Path, advice: str) -> None:
+    """Create ``path`` if needed; a `BlockmixError` (``path``: ``advice``) if it is not writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BlockmixError(f"{path}: {advice} ({error.strerror})") from error
+    if not os.access(path, os.W_OK):
+        raise BlockmixError(f"{path}: {advice} (not writable)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.prepare.atomic import write_json_atomic
+from data_pipeline.prepare.atomic import writable_folder, write_json_atomic
 from data_pipeline.prepare.check import DECODE_PIXEL_LIMIT, ImageCheck, check_images
 from data_pipeline.prepare.index import SPLIT_NAME, DatasetIndex, Split, index_dir, save_index
 from train.errors import BlockmixError
@@ -56,6 +56,10 @@ def prepare_index(
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise BlockmixError(f"{root}: not a folder")
+    folder = Path(out).expanduser().absolute() if out is not None else root
+    writable_folder(
+        index_dir(folder), "cannot write the index here; pass --out DIR for a read-only dataset"
+    )
     if file_lists:
         classes, candidates = _from_file_lists(root, {k: Path(v) for k, v in file_lists.items()})
     else:
@@ -68,7 +72,6 @@ def prepare_index(
             name, split, [next(checks) for _ in split.files], classes, report
         )
     index = DatasetIndex(root=root, classes=classes, splits=splits)
-    folder = Path(out).expanduser().absolute() if out is not None else root
     report_path = index_dir(folder) / REPORT_FILE
     write_json_atomic(report_path, report)
     if not len(splits["train"]):

@@ -22,7 +22,12 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.prepare.atomic import write_atomic, write_bytes_atomic, write_json_atomic
+from data_pipeline.prepare.atomic import (
+    writable_folder,
+    write_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from data_pipeline.prepare.check import default_workers
 from data_pipeline.prepare.index import DatasetIndex, Split, load_index, save_index
 from data_pipeline.prepare.manifest import (
@@ -83,6 +88,7 @@ def prepare_shards(
         raise BlockmixError(f"{root}: already a folder of shards; give the indexed image folder")
     out = Path(out).expanduser().absolute()
     stale = _previous_files(out)
+    writable_folder(out, "cannot write shards here; choose a writable OUT")
     plan = []
     for name, split in source.splits.items():
         order = _sample_order(name, len(split), seed)

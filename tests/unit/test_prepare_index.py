@@ -267,8 +267,14 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["prepare", "index", str(tmp_path / "missing")]) == 2
     assert main(["prepare", "index", str(tmp_path), "--file-list", "train"]) == 2
     assert main(["prepare", "shards", str(tmp_path), str(tmp_path / "out")]) == 2
+    (tmp_path / "file").write_text("in the way")
+    assert main(["prepare", "index", str(tmp_path), "--out", str(tmp_path / "file")]) == 2
     lines = capsys.readouterr().err.splitlines()
-    assert lines == [
+    assert lines[3] == (
+        f"blockmix prepare: error: {tmp_path / 'file' / '.blockmix'}: cannot write the index here; "
+        "pass --out DIR for a read-only dataset (Not a directory)"
+    )
+    assert lines[:3] == [
         f"blockmix prepare: error: {tmp_path / 'missing'}: not a folder",
         "blockmix prepare: error: --file-list 'train': expected SPLIT=PATH, e.g. train=train.txt",
         f"blockmix prepare: error: {tmp_path} holds no blockmix index (.blockmix/index.json); prepare it "
