@@ -29,7 +29,8 @@ def build_pipeline(
     training, also int32 crop anchors (x, y), int32 crop shapes (w, h) and int32 flips.
     ``device_id`` None decodes on the CPU; an int decodes with DALI "mixed" on that GPU.
     Images are decoded as stored (EXIF orientation ignored, like PIL/torchvision), which is what
-    the index's sizes and so the crop windows refer to.
+    the index's sizes and so the crop windows refer to, with the CPU decoder's chroma upsampling
+    on both backends so that CPU and GPU runs see nearly the same pixels.
     """
     pipe = Pipeline(
         batch_size=batch_size,
@@ -55,12 +56,17 @@ def build_pipeline(
                 device=decoder,
                 output_type=types.RGB,
                 adjust_orientation=False,
+                jpeg_fancy_upsampling=True,
             )
             images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
         else:
             jpegs = fn.external_source(source=source, batch=True, dtype=types.UINT8)
             images = fn.decoders.image(
-                jpegs, device=decoder, output_type=types.RGB, adjust_orientation=False
+                jpegs,
+                device=decoder,
+                output_type=types.RGB,
+                adjust_orientation=False,
+                jpeg_fancy_upsampling=True,
             )
             images = fn.resize(
                 images,

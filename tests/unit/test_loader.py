@@ -212,3 +212,15 @@ def test_a_file_damaged_after_indexing_is_a_one_line_error(index, tmp_path, dama
     with pytest.raises(BlockmixError, match=r"data\.root: could not load split 'train'") as error:
         next(iter(loader))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU for DALI mixed decoding"
+)
+def test_gpu_decoding_gives_cuda_batches_close_to_cpu_decoding(index):
+    on_cpu = DaliLoader(_config(index, device="cpu", output="uint8"), train=False, index=index)
+    on_gpu = DaliLoader(_config(index, device="gpu", output="uint8"), train=False, index=index)
+    for a, b in zip(on_cpu, on_gpu, strict=True):
+        assert b.images.is_cuda and b.labels.is_cuda
+        assert torch.equal(a.labels, b.labels.cpu())
+        assert (a.images.float() - b.images.cpu().float()).abs().mean() < 2.0  # of 255 levels
