@@ -171,6 +171,10 @@ def _read_index(folder: Path, directory: Path) -> DatasetIndex:
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise BlockmixError(f"{directory}: unreadable index ({error}); {redo}") from error
     check_index(index, str(header_path))
+    if not index.root.is_dir():
+        raise BlockmixError(
+            f"{header_path}: its data folder {index.root} is missing (moved?); {redo}"
+        )
     for name, info in header["splits"].items():
         if len(index.splits[name]) != info["samples"]:
             raise BlockmixError(

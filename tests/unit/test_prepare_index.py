@@ -219,7 +219,13 @@ def test_index_round_trip_and_relative_root(tmp_path):
     assert sorted(p.name for p in directory.iterdir()) == ["index.json", "index.npz"]
     assert json.loads((directory / "index.json").read_text())["root"] == "."
     shutil.copytree(tmp_path / "data", tmp_path / "moved")
+    save_index(DatasetIndex(tmp_path / "moved", index.classes, index.splits), tmp_path / "outside")
+    shutil.rmtree(tmp_path / "data")
     loaded = load_index(tmp_path / "moved")
+    assert load_index(tmp_path / "outside").root == tmp_path / "moved"  # stored absolute
+    shutil.move(tmp_path / "moved", tmp_path / "gone")
+    with pytest.raises(BlockmixError, match=r"its data folder .*moved is missing \(moved\?\)"):
+        load_index(tmp_path / "outside")
     assert loaded.root == tmp_path / "moved" and loaded.classes == index.classes
     for name, split in index.splits.items():
         got = loaded.splits[name]
