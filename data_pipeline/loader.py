@@ -145,7 +145,13 @@ class DaliLoader:
                 f"data.seed={self.config.seed} differs from the checkpoint's {state['seed']}; "
                 "resume with the same seed"
             )
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        epoch, cursor = int(state["epoch"]), int(state["cursor"])
+        if epoch < 0 or not 0 <= cursor <= len(self.split.files):
+            raise BlockmixError(
+                f"loader state epoch={epoch}, cursor={cursor} is outside split "
+                f"{self.split_name!r}; the checkpoint is damaged"
+            )
+        self.epoch, self.cursor = epoch, cursor
 
     def close(self) -> None:
         """Stop the DALI pipeline and free its buffers (the loader can be iterated again)."""
@@ -155,7 +161,7 @@ class DaliLoader:
 
     def _start_epoch(self) -> None:
         """Move past a finished (or, for evaluation, interrupted) epoch; align the pipeline."""
-        finished = self._steps_left() == 0
+        finished = self._steps_left() <= 0
         if finished or (not self.train and self.cursor):
             if finished and self._pipe_at == (self.epoch, self.cursor):
                 self._pipe_at = (self.epoch + 1, 0)  # the pipeline runs on into the next epoch
