@@ -98,7 +98,7 @@ def save_index(index: DatasetIndex, folder: str | Path) -> Path:
         "arrays": ARRAYS_FILE,
         "token": token,
     }
-    directory = folder / INDEX_DIR
+    directory = index_dir(folder)
     write_atomic(directory / ARRAYS_FILE, lambda stream: _write_npz(stream, arrays))
     write_json_atomic(directory / HEADER_FILE, header)
     return directory
@@ -110,7 +110,7 @@ def load_index(root: str | Path) -> DatasetIndex:
     A folder of shards is checked against its manifest (sample counts, sizes and checksums).
     """
     folder = Path(root).expanduser().absolute()
-    directory = folder / INDEX_DIR
+    directory = index_dir(folder)
     if not (directory / HEADER_FILE).is_file():
         raise BlockmixError(_missing_index_message(folder))
     index = _read_index(folder, directory)
