@@ -100,6 +100,17 @@ def init(env: DistEnv) -> str:
     return device
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    Each rank's statistics follow its own batches; rank 0's are the ones DeepSpeed saves, so
+    evaluating with them makes a run's accuracy that of its checkpoint and export.
+    """
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 def teardown(clean: bool = True) -> None:
     """Leave the process group so that gloo's threads end before the interpreter does.
 

@@ -77,9 +77,11 @@ def optimizer_groups(
             if not param.requires_grad:
                 continue
             (no_decay if name in NO_DECAY_GROUPS or param.ndim <= 1 else decay).append(param)
+    # DeepSpeed's elastic ZeRO-1/2 checkpoints read a group-level "step" (torch keeps it per
+    # tensor); a constant one lets them reshard any torch optimizer's state.
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "step": 0},
+        {"params": no_decay, "weight_decay": 0.0, "step": 0},
     ]
 
 

@@ -147,6 +147,7 @@ class Trainer:
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                 self.logger.log(_prefixed("val", self.evaluate()), step)
             if save or stop or step == self.total_steps:
+                distributed.broadcast_buffers(self.engine.module)
                 self.checkpointer.save(self.engine, step)
             bar.update(1)
             if stop and step < self.total_steps:
@@ -157,6 +158,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Loss, top-1 and top-5 over the whole val split, every sample counted once."""
+        distributed.broadcast_buffers(self.engine.module)
         self.engine.eval()
         try:
             return evaluate(self.engine, self.val_loader, self.val_metrics, self.device, self.dtype)

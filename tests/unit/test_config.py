@@ -1,0 +1,97 @@
+"""The typed config tree: named configs, dotted overrides, validation, the resolved file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from train.config import Config, load_config, named_configs, save_config
+from train.errors import BlockmixError
+
+ROOT = "data.root=/data/imagenet"
+
+
+def test_overrides_are_typed_and_applied() -> None:
+    config = load_config("demo", [ROOT, "train.steps=7", "train.zero_stage=3", "model.variant=tmix",
+                                  "model.mode=deeper", "run.seed=5", "checkpoint.every=3",
+                                  "data.scale=[0.5,1.0]", "model.options.templates=2"])  # fmt: skip
+    assert isinstance(config, Config)
+    assert (config.train.steps, config.train.zero_stage, config.run.seed) == (7, 3, 5)
+    assert (config.model.variant, config.model.mode, config.checkpoint.every) == (
+        "tmix",
+        "deeper",
+        3,
+    )
+    assert config.data.scale == (0.5, 1.0) and config.data.root == "/data/imagenet"
+    assert config.model.options["templates"] == 2
+    assert config.model.options["width"] == 32  # the named config's value survives
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.steps=abc", "train.steps"),
+        ("train.bogus=1", "train.bogus"),
+        ("model.variant=big", "model.variant"),
+        ("model.mode=wider", "model.mode"),
+        ("train.zero_stage=4", "train.zero_stage"),
+        ("optim.name=rmsprop", "optim.name"),
+        ("checkpoint.keep=0", "checkpoint.keep"),
+        ("train.steps", "key=value"),
+        ("data.batch_size=0", "data.batch_size"),
+    ],
+)
+def test_bad_overrides_name_the_field(override: str, named: str) -> None:
+    with pytest.raises(BlockmixError, match=named.replace(".", r"\.")):
+        load_config("demo", [ROOT, override])
+
+
+def test_mode_needs_tmix() -> None:
+    with pytest.raises(BlockmixError, match="model.mode"):
+        load_config("demo", [ROOT, "model.mode=compact"])
+
+
+def test_unknown_named_config_lists_the_names() -> None:
+    with pytest.raises(BlockmixError, match="demo"):
+        load_config("no_such_config")
+
+
+@pytest.mark.parametrize("name", named_configs())
+def test_every_named_config_loads(name: str) -> None:
+    config = load_config(name, [ROOT])
+    assert config.train.steps > 0 or config.train.epochs > 0
+
+
+def test_imagenet_recipes_cover_every_model_as_baseline_and_tmix() -> None:
+    from train.models import list_models
+
+    for model in list_models():
+        base = load_config(f"imagenet_{model}", [ROOT])
+        tmix = load_config(f"imagenet_{model}_tmix", [ROOT])
+        assert (base.model.name, base.model.variant) == (model, "baseline")
+        assert (tmix.model.name, tmix.model.variant) == (model, "tmix")
+        assert tmix.model.mode is not None
+        assert tmix.optim == base.optim and tmix.train == base.train
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    config = load_config(
+        "demo", [ROOT, "train.steps=9", "deepspeed.extra.zero_optimization.reduce_bucket_size=100"]
+    )
+    path = tmp_path / "config.yaml"
+    save_config(config, path)
+    assert load_config(str(path)) == config
+
+
+def test_base_chain_and_file_errors(tmp_path: Path) -> None:
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: demo\ntrain:\n  steps: 3\n")
+    config = load_config(str(child), [ROOT])
+    assert config.train.steps == 3 and config.model.options["width"] == 32
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: [1, 2\n")
+    with pytest.raises(BlockmixError, match="bad.yaml"):
+        load_config(str(bad), [ROOT])
+    with pytest.raises(BlockmixError, match="missing.yaml"):
+        load_config(str(tmp_path / "missing.yaml"))

@@ -1,0 +1,103 @@
+"""The generated DeepSpeed config, optimizer groups, LAMB and the EMA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.config import load_config
+from train.engine import (
+    EMA,
+    Lamb,
+    accumulation_steps,
+    build_optimizer,
+    deepspeed_config,
+    optimizer_groups,
+)
+from train.errors import BlockmixError
+
+
+def config(*overrides: str):
+    return load_config("demo", ["data.root=/x", *overrides])
+
+
+@pytest.mark.parametrize(("world_size", "accum"), [(1, 8), (2, 4), (4, 2), (8, 1)])
+def test_global_batch_is_fixed_across_world_sizes(world_size: int, accum: int) -> None:
+    ds = deepspeed_config(config("train.global_batch=256", "data.batch_size=32"), world_size, False)
+    assert ds["train_batch_size"] == 256
+    assert ds["gradient_accumulation_steps"] == accum
+    assert ds["train_micro_batch_size_per_gpu"] == 32
+
+
+def test_global_batch_must_divide() -> None:
+    with pytest.raises(BlockmixError, match="train.global_batch"):
+        accumulation_steps(config("train.global_batch=100", "data.batch_size=32"), 2)
+
+
+def test_zero_precision_clipping_and_extra_keys() -> None:
+    ds = deepspeed_config(
+        config(
+            "train.zero_stage=2",
+            "train.grad_clip=1.5",
+            "deepspeed.extra.zero_optimization.reduce_bucket_size=1000",
+            "deepspeed.extra.wall_clock_breakdown=true",
+        ),  # fmt: skip
+        2,
+        False,
+    )
+    assert ds["zero_optimization"] == {
+        "stage": 2,
+        "elastic_checkpoint": True,
+        "reduce_bucket_size": 1000,
+    }
+    assert ds["gradient_clipping"] == 1.5 and ds["wall_clock_breakdown"] is True
+    assert "bf16" not in ds and "fp16" not in ds  # fp32 on the CPU
+    gpu = deepspeed_config(config("train.precision=fp16"), 1, True)
+    assert gpu["fp16"]["enabled"] is True
+    with pytest.raises(BlockmixError, match="train.precision"):
+        deepspeed_config(config("train.precision=bf16"), 1, False)
+
+
+def test_no_weight_decay_on_bn_logits_and_biases() -> None:
+    from train.models import build, param_groups
+
+    model = build("isometric", "tmix", num_classes=10, width=8, expansion=2, blocks=3,
+                  patch_size=4, head_width=16)  # fmt: skip
+    groups = param_groups(model)
+    decay, no_decay = optimizer_groups(groups, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in no_decay["params"]}
+    assert groups["logits"] and all(id(p) in ids for p in groups["logits"] + groups["bn"])
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "lamb"])
+def test_each_optimizer_reduces_a_loss(name: str) -> None:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    target = torch.randn(4, 4)
+    optim_config = config(f"optim.name={name}", "optim.lr=0.05").optim
+    optimizer = build_optimizer(optimizer_groups({"other": [weight]}, 0.0), optim_config)
+    assert isinstance(optimizer, Lamb) == (name == "lamb")
+    first = None
+    for _ in range(20):
+        loss = ((weight - target) ** 2).sum()
+        first = first if first is not None else float(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.8 * first
+
+
+def test_ema_follows_the_weights() -> None:
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow["weight"], start + 1.0)
+    restored = EMA(model, decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.decay == 0.5 and torch.equal(restored.shadow["weight"], ema.shadow["weight"])

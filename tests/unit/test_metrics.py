@@ -1,0 +1,36 @@
+"""Metrics count each valid sample once; the step timer's window."""
+
+from __future__ import annotations
+
+import torch
+
+from train.metrics import ClassificationMetrics, StepTimer, evaluate
+
+
+def test_padding_is_left_out_and_topk_is_right() -> None:
+    metrics = ClassificationMetrics(num_classes=6)
+    logits = torch.tensor([[9.0, 1, 0, 0, 0, 0], [0, 9.0, 8, 7, 6, 5], [0, 0, 0, 0, 1, 9.0]])
+    labels = torch.tensor([0, 0, 0])  # right; 6th best; right but padding
+    losses = torch.tensor([1.0, 3.0, 100.0])
+    metrics.update(logits, labels, losses, torch.tensor([True, True, False]))
+    got = metrics.compute()
+    assert got == {"loss": 2.0, "top1": 50.0, "top5": 50.0}
+    metrics.reset()
+    metrics.update(logits[:1], labels[:1], losses[:1])
+    assert metrics.compute()["top1"] == 100.0
+
+
+def test_evaluate_runs_a_forward_over_batches() -> None:
+    model = torch.nn.Linear(3, 4)
+    batches = [(torch.randn(5, 3), torch.randint(0, 4, (5,)), torch.ones(5, dtype=torch.bool))] * 2
+    got = evaluate(model, batches, ClassificationMetrics(4), "cpu")
+    assert set(got) == {"loss", "top1", "top5"} and got["top5"] == 100.0
+
+
+def test_step_timer_window() -> None:
+    timer = StepTimer()
+    timer.add(64, 0.01)
+    timer.add(64, 0.03)
+    window = timer.window()
+    assert window["data_time_s"] == 0.02 and window["images_per_s"] > 0
+    assert timer.steps == 0  # the window restarts
