@@ -28,14 +28,13 @@ _JPEG_SUFFIXES = (".jpg", ".jpeg")
 _PROGRESS_MIN_FILES = 2000
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 _EXIF_ORIENTATION = 0x0112
-_TRANSPOSING = (5, 6, 7, 8)  # orientations that swap width and height (DALI applies them)
 
 
 @dataclass(frozen=True)
 class ImageCheck:
-    """What checking one file found: (height, width) as decoded after EXIF orientation (as DALI
-    decodes it); ``reason`` is why it is left out; ``note`` is an oddity of a kept file (mode other
-    than RGB, a format its name hides, a rotating EXIF orientation, a huge image)."""
+    """What checking one file found: (height, width) as stored (EXIF orientation ignored, as the
+    loader decodes it); ``reason`` is why it is left out; ``note`` is an oddity of a kept file
+    (mode other than RGB, a format its name hides, an EXIF orientation, a huge image)."""
 
     height: int = 0
     width: int = 0
@@ -92,17 +91,14 @@ def check_image(path: str, decode_pixel_limit: int = DECODE_PIXEL_LIMIT) -> Imag
             width, height = image.size
             jpeg = image.format in _JPEG_FORMATS  # (other formats' getexif() decodes the image)
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if jpeg else 1
-            shown = (width, height) if orientation in _TRANSPOSING else (height, width)
-            found = ImageCheck(*shown, mode=image.mode, format=image.format or "")
+            found = ImageCheck(height, width, mode=image.mode, format=image.format or "")
             if found.format not in DALI_FORMATS:
                 return _with(
                     found, reason=f"{found.format or 'unknown'} image: DALI cannot decode it"
                 )
             notes = _oddities(path, found)
-            if orientation in _TRANSPOSING:
-                notes.append(
-                    f"EXIF orientation {orientation}: size recorded as DALI decodes it (rotated)"
-                )
+            if orientation != 1:
+                notes.append(f"EXIF orientation {orientation} ignored: decoded as stored, like PIL")
             if width * height <= decode_pixel_limit:
                 image.load()
             elif found.format in _JPEG_FORMATS:

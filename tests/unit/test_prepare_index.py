@@ -100,7 +100,7 @@ def test_oddities_are_kept_or_left_out_with_reasons(odd_tree):
         [20000, 20000],
         [8, 12],
         [30, 40],
-        [28, 14],  # EXIF-rotated: as DALI decodes it
+        [14, 28],  # EXIF orientation 6: as stored (the loader decodes it so)
         [16, 16],
         [32, 16],
     ]
@@ -121,7 +121,7 @@ def test_oddities_are_kept_or_left_out_with_reasons(odd_tree):
         "train/cat/gray.JPEG": "L image (DALI decodes it to RGB)",
         "train/cat/png_named.JPEG": "PNG data in a .JPEG file (DALI decodes by content)",
         "train/cat/big.JPEG": f"huge image (64x48 > {LIMIT} pixels): decoded at 1/8 scale",
-        "train/cat/rotated.JPEG": "EXIF orientation 6: size recorded as DALI decodes it (rotated)",
+        "train/cat/rotated.JPEG": "EXIF orientation 6 ignored: decoded as stored, like PIL",
         "train/cat/huge.png": f"L image (DALI decodes it to RGB); huge image (20000x20000 > {LIMIT} pixels): header checked only",
     }
     assert report["splits"]["train"]["modes"] == {"RGB": 6, "L": 2, "CMYK": 1}

@@ -36,7 +36,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
             path = root / split / f"class{i % 3}" / f"{i}.JPEG"
             path.parent.mkdir(parents=True, exist_ok=True)
             exif = Image.Exif()
-            exif[0x0112] = 6 if i % 4 == 1 else 1  # some rotated by EXIF, as DALI decodes them
+            exif[0x0112] = 6 if i % 4 == 1 else 1  # some EXIF-rotated (decoded as stored)
             Image.fromarray(pixels).convert(MODES[i % 3]).save(
                 path, quality=90, exif=exif.tobytes()
             )
@@ -132,7 +132,7 @@ def test_dali_webdataset_reader_reads_the_shards_with_our_index_files(shards: Pa
             ext=["jpg", "cls"],
             missing_component_behavior="error",
         )
-        return fn.decoders.image(jpg, device="cpu"), cls
+        return fn.decoders.image(jpg, device="cpu", adjust_orientation=False), cls  # as the loader
 
     pipe = read()
     pipe.build()
