@@ -124,8 +124,9 @@ class TemplateBank(nn.Module):
 
     def forward(self, task: int = 0) -> list[dict[str, Tensor]]:
         """Every position's parameters for ``task`` from one (L, K) @ (K, P) contraction."""
-        mixed = self.alpha(task) @ self.templates
-        return [self._unflatten(row) for row in mixed.unbind(0)]
+        shapes = tuple(self.shapes.values())
+        parts = iter(_Mix.apply(self.alpha(task), self.templates, self.sizes, shapes))
+        return [{name: next(parts) for name in self.shapes} for _ in range(self.num_positions)]
 
     def mix_naive(self, task: int = 0) -> list[dict[str, Tensor]]:
         """Reference: per position and tensor, a Python weighted sum of templates (tests and
@@ -140,16 +141,36 @@ class TemplateBank(nn.Module):
             for pos in range(self.num_positions)
         ]
 
-    def _unflatten(self, row: Tensor) -> dict[str, Tensor]:
-        parts = row.split(self.sizes)
-        return {
-            name: part.view(shape)
-            for (name, shape), part in zip(self.shapes.items(), parts, strict=True)
-        }
-
     def extra_repr(self) -> str:
         return (
             f"templates={self.num_templates}, positions={self.num_positions}, "
             f"tasks={self.logits.shape[0]}, params_per_template={self.templates.shape[1]}, "
             f"coefficients={self.mixing.coefficients}"
         )
+
+
+class _Mix(torch.autograd.Function):
+    """alpha (L, K) @ templates (K, P), returned as per-position, per-tensor views.
+
+    Autograd through ``unbind`` and ``split`` would zero-fill and copy the gradient twice;
+    this backward gathers the L x P gradient with one ``cat`` and applies the two GEMMs.
+    """
+
+    @staticmethod
+    def forward(ctx, alpha, templates, sizes, shapes):  # type: ignore[override]
+        ctx.save_for_backward(alpha, templates)
+        mixed = alpha @ templates
+        return tuple(
+            part.view(shape)
+            for row in mixed
+            for part, shape in zip(row.split(sizes), shapes, strict=True)
+        )
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):  # type: ignore[override]
+        alpha, templates = ctx.saved_tensors
+        flat = torch.cat([g.reshape(-1) for g in grads]).view(alpha.shape[0], -1)
+        grad_alpha = flat @ templates.T if ctx.needs_input_grad[0] else None
+        grad_templates = alpha.T @ flat if ctx.needs_input_grad[1] else None
+        return grad_alpha, grad_templates, None, None
