@@ -10,7 +10,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup test lint bench-models bench-data
+.PHONY: setup test lint bench-models bench-data bench-train
 
 setup: $(STAMP)
 
@@ -35,3 +35,6 @@ bench-models: $(STAMP)
 
 bench-data: $(STAMP)
 	$(PY) tests/benchmarks/bench_data.py
+
+bench-train: $(STAMP)
+	$(PY) tests/benchmarks/bench_train.py

@@ -48,9 +48,15 @@ class Progress:
 
 
 class Trainer:
-    """One rank of a run in ``config.run.dir``; resumes from its latest checkpoint if any."""
+    """One rank of a run in ``config.run.dir``; resumes from its latest checkpoint if any.
 
-    def __init__(self, config: Config, env: distributed.DistEnv) -> None:
+    ``train_loader`` replaces the DALI training loader (benchmarks feed in-memory tensors); it
+    needs the loader's ``steps_per_epoch``, ``num_classes``, ``data_time``, state and ``close``.
+    """
+
+    def __init__(
+        self, config: Config, env: distributed.DistEnv, train_loader: Any | None = None
+    ) -> None:
         from data_pipeline.loader import DaliLoader
         from train import models
 
@@ -60,10 +66,8 @@ class Trainer:
         self.logger: Logger = NullLogger()
         torch.manual_seed(config.run.seed)  # identical initial weights on every rank
         mc = config.model
-        build_args = dict(
-            name=mc.name, variant=mc.variant, num_classes=mc.num_classes, mode=mc.mode,
-            num_tasks=mc.num_tasks, **mc.options,
-        )  # fmt: skip
+        build_args = dict(name=mc.name, variant=mc.variant, num_classes=mc.num_classes)
+        build_args.update(mode=mc.mode, num_tasks=mc.num_tasks, **mc.options)
         model = models.build(**build_args)
         with torch.device("meta"):
             self.flops = models.flops_per_image(models.build(**build_args), config.data.image_size)
@@ -76,7 +80,7 @@ class Trainer:
         )
         device_id = env.local_rank if self.device.startswith("cuda") else None
         loader_args = dict(rank=env.rank, world_size=env.world_size, device_id=device_id)
-        self.train_loader = DaliLoader(config.data, train=True, **loader_args)
+        self.train_loader = train_loader or DaliLoader(config.data, train=True, **loader_args)
         self.val_loader = DaliLoader(config.data, train=False, **loader_args)
         if self.train_loader.num_classes != mc.num_classes:
             raise BlockmixError(
@@ -110,36 +114,35 @@ class Trainer:
 
     def fit(self) -> dict[str, Any] | None:
         """Train to ``total_steps``; return the results, or None when stopped early to resume."""
-        cfg, step = self.config.train, self.progress.step
+        cfg, step, smoothing = (
+            self.config.train,
+            self.progress.step,
+            self.config.train.label_smoothing,
+        )
         batches, timer, images_per_s = self._micro_batches(), StepTimer(), []
         bar = _progress_bar(self.env.is_main and cfg.progress, self.total_steps, step)
         start = time.perf_counter() - self.progress.wall_s
         while step < self.total_steps:
-            lr = warmup_cosine(
-                step, lr=self.config.optim.lr, total_steps=self.total_steps,
-                warmup_steps=self.config.schedule.warmup_steps,
-                min_lr_ratio=self.config.schedule.min_lr_ratio,
-            )  # fmt: skip
+            lr = self._lr(step)
             ds.set_lr(self.engine, lr)
             finite, data_s = True, 0.0
-            for _ in range(self.accum):
-                images, labels, _valid = next(batches)
+            for _ in range(self.accum):  # the micro-batches of one optimizer step
+                images, labels, _ = next(batches)
                 data_s += self.train_loader.data_time
-                logits = self.engine(images.to(self.device, self.dtype))
-                losses = F.cross_entropy(logits.float(), labels, reduction="none",
-                                         label_smoothing=cfg.label_smoothing)  # fmt: skip
-                loss = losses.mean()
-                self.engine.backward(loss)
+                logits = self.engine(images.to(self.device, self.dtype)).float()
+                losses = F.cross_entropy(
+                    logits, labels, reduction="none", label_smoothing=smoothing
+                )
+                self.engine.backward(losses.mean())
                 self.engine.step()
-                finite = finite and bool(torch.isfinite(loss))
+                finite = finite and bool(torch.isfinite(losses.mean()))
                 self.train_metrics.update(logits.detach(), labels, losses.detach())
             step = self.progress.step = step + 1
             self.progress.wall_s = time.perf_counter() - start
             timer.add(self.engine.train_batch_size(), data_s)
             if self.ema is not None:
                 self.ema.update(self.engine.module)
-            bad, save, stop = _any_rank(not finite, self.checkpointer.wants_save(step),
-                                        self._stop_wanted(step))  # fmt: skip
+            bad, save, stop = _any_rank(not finite, *self._wants_save_and_stop(step))
             if bad:
                 self._non_finite(step)
             if step % cfg.log_every == 0 or step == self.total_steps:
@@ -182,18 +185,31 @@ class Trainer:
         while True:
             yield from self.train_loader
 
-    def _stop_wanted(self, step: int) -> bool:
-        return self.checkpointer.stop_requested or step == self.config.train.stop_after
+    def _lr(self, step: int) -> float:
+        schedule = self.config.schedule
+        return warmup_cosine(
+            step,
+            lr=self.config.optim.lr,
+            total_steps=self.total_steps,
+            warmup_steps=schedule.warmup_steps,
+            min_lr_ratio=schedule.min_lr_ratio,
+        )
+
+    def _wants_save_and_stop(self, step: int) -> tuple[bool, bool]:
+        stop = self.checkpointer.stop_requested or step == self.config.train.stop_after
+        return self.checkpointer.wants_save(step), stop
 
     def _log_train(self, step: int, lr: float, timer: StepTimer, bar: Any) -> float:
         train = self.train_metrics.compute()
         self.train_metrics.reset()
         perf = timer.window()
         epoch = step / self.steps_per_epoch
-        self.logger.log({**_prefixed("train", train), "train/lr": lr, "train/epoch": epoch,
-                         **_prefixed("perf", perf)}, step)  # fmt: skip
-        bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{train['loss']:.4f}",
-                        img_s=f"{perf['images_per_s']:.0f}", refresh=False)  # fmt: skip
+        scalars = {**_prefixed("train", train), **_prefixed("perf", perf)}
+        self.logger.log({**scalars, "train/lr": lr, "train/epoch": epoch}, step)
+        rate = f"{perf['images_per_s']:.0f}"
+        bar.set_postfix(
+            epoch=f"{epoch:.2f}", loss=f"{train['loss']:.4f}", img_s=rate, refresh=False
+        )
         return perf["images_per_s"]
 
     def _non_finite(self, step: int) -> None:
@@ -210,18 +226,25 @@ class Trainer:
         alphas = self._gathered(alpha_matrices)
         mc, step = self.config.model, self.progress.step
         results = {
-            "model": mc.name, "variant": mc.variant, "mode": mc.mode,
-            "params": self.params, "flops": self.flops,
-            "top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"],
+            "model": mc.name,
+            "variant": mc.variant,
+            "mode": mc.mode,
+            "params": self.params,
+            "flops": self.flops,
+            "top1": val["top1"],
+            "top5": val["top5"],
+            "val_loss": val["loss"],
             "images_per_s": float(np.mean(images_per_s)) if images_per_s else None,
-            "steps": step, "epochs": step / self.steps_per_epoch,
-            "world_size": self.env.world_size, "seed": self.config.run.seed,
+            "steps": step,
+            "epochs": step / self.steps_per_epoch,
+            "world_size": self.env.world_size,
+            "seed": self.config.run.seed,
             "wall_time_s": self.progress.wall_s,
-        }  # fmt: skip
+        }
         self.logger.log(_prefixed("val", val), step)
         self.logger.log_alphas(alphas, step)
-        self.logger.log_hparams(flat_dict(self.config), {"hparams/top1": val["top1"],
-                                                         "hparams/top5": val["top5"]})  # fmt: skip
+        final = {"hparams/top1": val["top1"], "hparams/top5": val["top5"]}
+        self.logger.log_hparams(flat_dict(self.config), final)
         if self.env.is_main:
             (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
         return results

@@ -88,7 +88,7 @@ def test_load_restores_engine_and_states(engine, tmp_path: Path) -> None:
     box.value = 0
     ckpt.shared["shared"].value = 0
     assert ckpt.load(engine, *ckpt.latest()) == 1
-    for want, got in zip(saved, params(engine)):
+    for want, got in zip(saved, params(engine), strict=True):
         assert torch.equal(want, got)
     assert torch.equal(torch.rand(3), draw)
     assert box.value == 7 and ckpt.shared["shared"].value == 9

@@ -48,7 +48,7 @@ def test_bad_overrides_name_the_field(override: str, named: str) -> None:
 
 
 def test_mode_needs_tmix() -> None:
-    with pytest.raises(BlockmixError, match="model.mode"):
+    with pytest.raises(BlockmixError, match=r"model\.mode"):
         load_config("demo", [ROOT, "model.mode=compact"])
 
 
@@ -91,7 +91,7 @@ def test_base_chain_and_file_errors(tmp_path: Path) -> None:
     assert config.train.steps == 3 and config.model.options["width"] == 32
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  steps: [1, 2\n")
-    with pytest.raises(BlockmixError, match="bad.yaml"):
+    with pytest.raises(BlockmixError, match=r"bad\.yaml"):
         load_config(str(bad), [ROOT])
-    with pytest.raises(BlockmixError, match="missing.yaml"):
+    with pytest.raises(BlockmixError, match=r"missing\.yaml"):
         load_config(str(tmp_path / "missing.yaml"))

@@ -30,7 +30,7 @@ def test_global_batch_is_fixed_across_world_sizes(world_size: int, accum: int) -
 
 
 def test_global_batch_must_divide() -> None:
-    with pytest.raises(BlockmixError, match="train.global_batch"):
+    with pytest.raises(BlockmixError, match=r"train\.global_batch"):
         accumulation_steps(config("train.global_batch=100", "data.batch_size=32"), 2)
 
 
@@ -41,7 +41,7 @@ def test_zero_precision_clipping_and_extra_keys() -> None:
             "train.grad_clip=1.5",
             "deepspeed.extra.zero_optimization.reduce_bucket_size=1000",
             "deepspeed.extra.wall_clock_breakdown=true",
-        ),  # fmt: skip
+        ),
         2,
         False,
     )
@@ -54,7 +54,7 @@ def test_zero_precision_clipping_and_extra_keys() -> None:
     assert "bf16" not in ds and "fp16" not in ds  # fp32 on the CPU
     gpu = deepspeed_config(config("train.precision=fp16"), 1, True)
     assert gpu["fp16"]["enabled"] is True
-    with pytest.raises(BlockmixError, match="train.precision"):
+    with pytest.raises(BlockmixError, match=r"train\.precision"):
         deepspeed_config(config("train.precision=bf16"), 1, False)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from train.schedules import warmup_cosine
@@ -17,7 +19,7 @@ def test_warmup_then_cosine() -> None:
     assert lrs[19] == pytest.approx(0.1)
     assert lrs[24] == pytest.approx(0.1)
     decay = lrs[5:20]
-    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert all(a > b for a, b in itertools.pairwise(decay))
     assert lrs[12] == pytest.approx(0.55)  # halfway through the decay: the mean of peak and floor
 
 
