@@ -39,8 +39,9 @@ CONSTRAINT_SYMBOLS = NAME_SYMBOLS + "&|[]()*"
 class ClusterConfig:
     """Where and how jobs run. Empty SLURM fields leave the choice to the cluster's defaults.
 
-    ``run_root`` (run directories) and ``log_root`` (submitit's pickles and job logs) must be on
-    storage that every node sees. ``cpus_per_task`` is per task, i.e. per GPU on GPU partitions.
+    ``run_root`` (under which relative run directories go) and ``log_root`` (submitit's pickles
+    and job logs; relative means under ``run_root``) must be on storage that every node sees;
+    ``$VARS`` and ``~`` are expanded. ``cpus_per_task`` is per task, i.e. per GPU on GPU partitions.
     ``signal_delay_s`` is how long before the time limit the job is told to checkpoint and requeue;
     ``max_timeout_requeues`` bounds requeues after time-outs (preemptions are always requeued).
     """
@@ -55,7 +56,7 @@ class ClusterConfig:
     mem_gb: int = 0
     signal_delay_s: int = 120
     max_timeout_requeues: int = 3
-    run_root: str = "runs"
+    run_root: str = "."
     log_root: str = "runs/submitit"
 
     def with_overrides(self, **overrides: Any) -> ClusterConfig:
@@ -66,13 +67,14 @@ class ClusterConfig:
         validate(updated)
         return updated
 
-    @property
-    def run_dir_root(self) -> Path:
-        return _expand(self.run_root)
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` made absolute; a relative path is taken to be under ``run_root``."""
+        expanded = _expand(str(path))
+        return Path(os.path.abspath(_expand(self.run_root) / expanded))
 
     @property
     def log_dir(self) -> Path:
-        return _expand(self.log_root)
+        return self.resolve(self.log_root)
 
 
 def validate(config: ClusterConfig, where: str = "cluster config") -> None:

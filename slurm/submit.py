@@ -2,8 +2,8 @@
 
 A job asks for `Resources` (nodes, GPUs per node: one task per GPU, or one per node on CPU-only
 partitions); everything site-specific (partition, account, QOS, paths, time) comes from a
-`slurm.cluster.ClusterConfig`. Jobs are submitted with ``--requeue`` and a USR2 signal before
-their time limit, so that a `slurm.tasks.Task` is checkpointed and requeued by submitit.
+`slurm.cluster.ClusterConfig`. Jobs are submitted with ``--requeue`` and their task's stop signal
+before the time limit, so that a `slurm.tasks.Task` is checkpointed and requeued.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ class Resources:
         return max(self.gpus_per_node, 1)
 
 
-def make_executor(cluster: ClusterConfig, resources: Resources, name: str) -> submitit.Executor:
-    """A submitit executor for ``cluster.executor`` with the job's resources and site settings."""
+def make_executor(
+    cluster: ClusterConfig, resources: Resources, name: str, stop_signal: str = "USR2"
+) -> submitit.Executor:
+    """A submitit executor for ``cluster.executor`` with the job's resources and site settings;
+    SLURM sends ``stop_signal`` ``cluster.signal_delay_s`` seconds before the time limit."""
     check_slurm_name(name, "job name")
     if not name:
         raise BlockmixError("job name must not be empty")
@@ -67,7 +70,7 @@ def make_executor(cluster: ClusterConfig, resources: Resources, name: str) -> su
         slurm_max_num_timeout=cluster.max_timeout_requeues,
         local_max_num_timeout=cluster.max_timeout_requeues,
     )
-    executor.update_parameters(**_parameters(cluster, resources, name))
+    executor.update_parameters(**_parameters(cluster, resources, name, stop_signal))
     return executor
 
 
@@ -75,14 +78,14 @@ def submit(
     task: Callable[[], Any], cluster: ClusterConfig, resources: Resources, name: str
 ) -> submitit.Job:
     """Submit one job whose every task calls ``task()``."""
-    return make_executor(cluster, resources, name).submit(task)
+    return make_executor(cluster, resources, name, _stop_signal(task)).submit(task)
 
 
 def submit_array(
     tasks: Sequence[Callable[[], Any]], cluster: ClusterConfig, resources: Resources, name: str
 ) -> list[submitit.Job]:
     """Submit one job array with one element per callable, each with ``resources``."""
-    executor = make_executor(cluster, resources, name)
+    executor = make_executor(cluster, resources, name, _stop_signal(tasks[0]))
     with executor.batch():
         jobs = [executor.submit(task) for task in tasks]
     return jobs
@@ -101,21 +104,31 @@ def wait(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> bool:
                 summary = " ".join(f"{state}={count}" for state, count in states)
                 bar.set_postfix_str(summary + _latest_line(pending[0]))
                 time.sleep(poll_s)
+        bar.set_postfix_str("")
     failures = [(job, error) for job in jobs if (error := _failure(job)) is not None]
     for job, error in failures:
         print(f"job {job.job_id} failed: {error} (log: {job.paths.stderr})", file=sys.stderr)
     return not failures
 
 
-def _parameters(cluster: ClusterConfig, resources: Resources, name: str) -> dict[str, Any]:
+def _stop_signal(task: Callable[[], Any]) -> str:
+    """The signal a task wants before the time limit (`slurm.tasks.Task.stop_signal`)."""
+    return getattr(task, "stop_signal", "USR2")
+
+
+def _parameters(
+    cluster: ClusterConfig, resources: Resources, name: str, stop_signal: str
+) -> dict[str, Any]:
     parameters: dict[str, Any] = {
         "name": name,
         "nodes": resources.nodes,
         "tasks_per_node": resources.tasks_per_node,
         "cpus_per_task": cluster.cpus_per_task,
         "timeout_min": cluster.time_min,
-        "slurm_signal_delay_s": cluster.signal_delay_s,
-        "slurm_additional_parameters": {"requeue": True},
+        "slurm_additional_parameters": {
+            "requeue": True,
+            "signal": f"{stop_signal}@{cluster.signal_delay_s}",
+        },
     }
     if resources.gpus_per_node:
         parameters["gpus_per_node"] = resources.gpus_per_node

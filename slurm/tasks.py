@@ -9,10 +9,19 @@ requeued job resumes from there without user action. Training code is imported l
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import submitit
+
+# `blockmix train` returns this when a signal stopped it after saving a checkpoint.
+STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
 
 
 def distributed_env() -> dict[str, str]:
@@ -41,8 +50,11 @@ class Task(submitit.helpers.Checkpointable):
     """A job's callable: exports `distributed_env` into ``os.environ``, then calls `run`.
 
     The inherited `checkpoint` resubmits this object unchanged; `run` must resume from its own
-    saved progress.
+    saved progress. ``stop_signal`` is what SLURM sends before the time limit: submitit's USR2,
+    which calls `checkpoint` and requeues.
     """
+
+    stop_signal: ClassVar[str] = "USR2"
 
     def __call__(self) -> Any:
         os.environ.update(distributed_env())
@@ -50,3 +62,54 @@ class Task(submitit.helpers.Checkpointable):
 
     def run(self) -> Any:
         raise NotImplementedError
+
+
+class TrainTask(Task):
+    """``blockmix train CONFIG OVERRIDES...`` in every task of the job, in-process.
+
+    The trainer handles SIGTERM itself: it saves a checkpoint at the next step and stops. So
+    SLURM is asked for SIGTERM before the time limit, and when training stopped that way while
+    the job is still RUNNING (a time limit or a preemption signal, not an ``scancel``), rank 0
+    requeues the job; the requeued job resumes from the run directory's latest checkpoint.
+    """
+
+    stop_signal: ClassVar[str] = "TERM"
+
+    def __init__(self, config: str, overrides: Sequence[str], run_dir: Path) -> None:
+        self.config = config
+        self.overrides = [*overrides, f"run.dir={run_dir}"]
+        self.run_dir = run_dir
+
+    def run(self) -> dict[str, Any] | None:
+        from train.checkpoint import LATEST
+        from train.cli import main
+        from train.trainer import RESULTS_FILE
+
+        latest = self.run_dir / "checkpoints" / LATEST
+        if latest.is_file() and _is_rank0():
+            print(f"resuming {self.run_dir} from {latest.read_text().strip()}", flush=True)
+        code = main(["train", self.config, *self.overrides])
+        if code == STOPPED_BY_SIGNAL:
+            _requeue_if_running()
+            sys.exit(code)  # no result: the job is not over
+        if code:
+            raise RuntimeError(f"blockmix train exited with code {code}; its error is logged above")
+        if not _is_rank0():
+            return None
+        return json.loads((self.run_dir / RESULTS_FILE).read_text())
+
+
+def _requeue_if_running() -> None:
+    """On rank 0 of a SLURM job that is still RUNNING, put it back into the queue."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id or not _is_rank0():
+        return
+    query = ["squeue", "-h", "-j", job_id, "-o", "%T"]
+    state = subprocess.run(query, capture_output=True, text=True, timeout=60).stdout.strip()
+    if state == "RUNNING":
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+        print(f"requeued job {job_id}: it resumes from its latest checkpoint", file=sys.stderr)
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 
 from train.errors import BlockmixError
 
-COMMAND_MODULES: tuple[str, ...] = ("train.commands.models", "train.commands.run", "data_pipeline.commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "train.commands.models",
+    "train.commands.run",
+    "data_pipeline.commands",
+    "slurm.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

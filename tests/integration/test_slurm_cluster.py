@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import cloudpickle
-import pytest
 
 from slurm.cluster import ClusterConfig
 from slurm.submit import Resources, submit, wait
@@ -96,8 +95,7 @@ def test_wait_reports_a_failed_job(slurm_cluster, tmp_path, capsys):
     assert "this task fails on purpose" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("interrupt", ["submitit-preemption", "scontrol-requeue"])
-def test_interrupted_job_is_requeued_and_resumes(slurm_cluster, tmp_path, interrupt):
+def test_preempted_job_is_checkpointed_requeued_and_resumes(slurm_cluster, tmp_path):
     steps = 40
     job = submit(Counter(tmp_path, steps), _config(tmp_path), Resources(), "counter")
     progress = tmp_path / "progress"
@@ -105,10 +103,7 @@ def test_interrupted_job_is_requeued_and_resumes(slurm_cluster, tmp_path, interr
     while not (progress.exists() and int(progress.read_text()) >= 3):
         assert time.monotonic() < deadline, f"job made no progress: {job.stderr()}"
         time.sleep(0.2)
-    if interrupt == "submitit-preemption":
-        job._interrupt()  # what SLURM sends on preemption: SIGTERM, then USR2 to checkpoint
-    else:
-        slurm_cluster.run("scontrol", "requeue", job.job_id)
+    job._interrupt()  # SIGTERM, then USR2: submitit calls checkpoint() and requeues the job
     assert wait([job], poll_s=1)
     starts = [int(line) for line in (tmp_path / "starts").read_text().split()]
     assert starts[0] == 0 and len(starts) == 2 and 3 <= starts[1] < steps

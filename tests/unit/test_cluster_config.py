@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from slurm.cluster import CONFIG_ENV, ClusterConfig, load_cluster_config
@@ -36,11 +38,15 @@ def test_user_file_overrides_fields(tmp_path, monkeypatch):
     assert load_cluster_config(home_file).partition == "gpu"  # an explicit path wins
 
 
-def test_paths_expand_variables(monkeypatch):
+def test_paths_expand_and_resolve_under_run_root(monkeypatch, tmp_path):
     monkeypatch.setenv("SCRATCH", "/scratch/me")
-    config = ClusterConfig(run_root="$SCRATCH/runs", log_root="~/logs")
-    assert str(config.run_dir_root) == "/scratch/me/runs"
-    assert not str(config.log_dir).startswith("~")
+    config = ClusterConfig(run_root="$SCRATCH/blockmix", log_root="logs")
+    assert config.resolve("runs/demo") == Path("/scratch/me/blockmix/runs/demo")
+    assert config.resolve("/abs/run") == Path("/abs/run")
+    assert config.log_dir == Path("/scratch/me/blockmix/logs")
+    assert ClusterConfig(log_root="~/logs").log_dir == tmp_path / "home" / "logs"
+    monkeypatch.chdir(tmp_path)
+    assert ClusterConfig().resolve("runs/x") == tmp_path / "runs" / "x"
 
 
 @pytest.mark.parametrize(
