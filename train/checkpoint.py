@@ -155,9 +155,14 @@ class Checkpointer:
                 f"{folder} was saved by {meta['world_size']} ranks with train.zero_stage=3; "
                 f"resume it on {meta['world_size']} ranks (ZeRO 0-2 checkpoints reload at any world size)"
             )
-        path, _ = engine.load_checkpoint(str(self.dir), tag=folder.name)
+        reshard = meta["world_size"] != world_size and meta["zero_stage"] in (1, 2)
+        path, _ = engine.load_checkpoint(
+            str(self.dir), tag=folder.name, load_optimizer_states=not reshard
+        )
         if path is None:
             raise BlockmixError(f"DeepSpeed could not load checkpoint {folder}")
+        if reshard:
+            _load_elastic_zero(engine, self.dir, folder.name)
         source_rank = rank if rank < meta["world_size"] else 0
         _load_states(
             self.per_rank, torch.load(folder / f"rank{source_rank:05d}.pt", weights_only=False)
@@ -171,6 +176,26 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
         for stale in self.dir.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _load_elastic_zero(engine: Any, directory: Path, tag: str) -> None:
+    """Re-partition ZeRO-1/2 optimizer shards saved at another world size onto this one.
+
+    DeepSpeed's elastic checkpoint format supports this (every rank merges all shards and takes
+    its new partition), but its engine refuses a world-size change before getting there; this
+    calls the same optimizer loader directly.
+    """
+    shards = engine._get_all_zero_checkpoints(str(directory), tag)
+    if shards is None:
+        raise BlockmixError(f"{directory / tag} has no ZeRO optimizer shards")
+    engine.optimizer.load_state_dict(
+        state_dict_list=shards,
+        load_optimizer_states=True,
+        load_from_fp32_weights=engine.zero_load_from_fp32_weights(),
+        checkpoint_folder=None,
+        load_serial=None,
+        param_shapes=engine._get_zero_param_shapes(),
+    )
 
 
 def _states(objects: dict[str, Any]) -> dict[str, Any]:

@@ -120,6 +120,17 @@ def teardown(clean: bool = True) -> None:
         if clean:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """Drop DeepSpeed's cached handles of the destroyed group, so a later `init` in the same
+    process (tests, benchmarks) builds fresh ones instead of using dead ones."""
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        groups._WORLD_GROUP = None
+        groups._DATA_PARALLEL_GROUP = None
+        groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
 
 
 def launch_local(nproc: int, argv: Sequence[str]) -> int:
