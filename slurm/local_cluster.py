@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server")
-PROGRAMS = ("slurmctld", "slurmd", "sbatch", "munged", "slurmdbd", "mariadbd", "mariadb-admin")
+PROGRAMS = ("slurmctld", "slurmd", "sbatch", "munged", "slurmdbd", "mariadbd", "mariadb-install-db")
 NODES = ("node1", "node2")
 PARTITION = "debug"
 DEFAULT_STATE_DIR = Path("/tmp/blockmix-slurm")
@@ -102,11 +102,13 @@ def install_packages() -> None:
         raise ClusterUnavailable(f"{', '.join(missing)} not installed and not running as root")
     if shutil.which("apt-get") is None:
         raise ClusterUnavailable(f"{', '.join(missing)} not installed and apt-get not available")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
+    wait_for_lock = "-oDPkg::Lock::Timeout=120"  # another apt run may hold the lock
+    install = ["apt-get", wait_for_lock, "install", "-y", "-q", "--no-install-recommends"]
+    install += PACKAGES
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         # Package lists are missing or stale: refresh them once and try again.
-        _checked(["apt-get", "update", "-q"], env=env, what="apt-get update")
+        _checked(["apt-get", wait_for_lock, "update", "-q"], env=env, what="apt-get update")
         _checked(install, env=env, what="apt-get install")
 
 
@@ -259,7 +261,7 @@ def _start_daemons(cluster: LocalCluster, deadline: float) -> None:
     )
     db_defaults = f"--defaults-file={cluster.db_conf}"
     _checked(
-        ["mariadb-install-db", db_defaults, "--auth-root-authentication-method=normal"],
+        [_program("mariadb-install-db"), db_defaults, "--auth-root-authentication-method=normal"],
         what="mariadb-install-db",
     )
     # mariadbd does not daemonize itself: `setsid -f` detaches it, so no caller has to reap it.
@@ -272,7 +274,7 @@ def _start_daemons(cluster: LocalCluster, deadline: float) -> None:
     )
 
     def database_up() -> bool:
-        ping = subprocess.run(["mariadb-admin", db_defaults, "ping"], capture_output=True)
+        ping = subprocess.run([_program("mariadb-admin"), db_defaults, "ping"], capture_output=True)
         return ping.returncode == 0
 
     _wait(deadline, "MariaDB answering", database_up)
@@ -289,6 +291,7 @@ def _start_daemons(cluster: LocalCluster, deadline: float) -> None:
         deadline,
         "slurmctld answering",
         lambda: cluster.run("scontrol", "ping", check=False).returncode == 0,
+        daemons=(cluster.state_dir / "slurmctld.pid",),
     )
     for node in NODES:
         _checked([_program("slurmd"), "-N", node, "-f", conf], what=f"slurmd -N {node}")
@@ -297,7 +300,8 @@ def _start_daemons(cluster: LocalCluster, deadline: float) -> None:
         states = cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()
         return states == ["idle"] * len(NODES)
 
-    _wait(deadline, "both nodes idle", nodes_idle)
+    slurmds = tuple(cluster.state_dir / f"slurmd-{node}.pid" for node in NODES)
+    _wait(deadline, "both nodes idle", nodes_idle, daemons=slurmds)
 
 
 def _cancel_jobs(cluster: LocalCluster) -> None:
@@ -332,6 +336,14 @@ def _terminate(pid_files: list[Path], timeout_s: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _running(pid_file: Path) -> bool:
+    """False once the daemon that wrote ``pid_file`` has exited (True before it writes it)."""
+    try:
+        return _alive(int(pid_file.read_text().strip()))
+    except (OSError, ValueError):
+        return True
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -340,8 +352,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait(deadline: float, what: str, ready) -> None:
-    while not ready():
+def _wait(deadline: float, what: str, ready, daemons: tuple[Path, ...] = ()) -> None:
+    """Poll ``ready()`` until the deadline; fail at once if a daemon (by pid file) has died."""
+    while True:
+        dead = [pid_file.stem for pid_file in daemons if not _running(pid_file)]
+        if dead:
+            raise ClusterUnavailable(f"{', '.join(dead)} died while waiting for {what}")
+        if ready():
+            return
         if time.monotonic() > deadline:
             raise ClusterUnavailable(f"timed out waiting for {what}")
         time.sleep(0.2)
