@@ -131,8 +131,13 @@ def test_resume_on_one_rank_continues_from_the_same_sample(
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 1 and results["steps"] == STEPS
     want, got = exported(reference[0]), exported(run)
-    for name in want:  # same samples, same crops; only the reduction order differs
-        torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-4, msg=name)
+    # Same samples and crops per optimizer step, so the parameters agree up to the order of the
+    # gradient sums. BatchNorm running statistics legitimately differ: one rank now sees both
+    # micro-batches of a step where rank 0 used to see one.
+    params = [name for name in want if "running_" not in name and "num_batches" not in name]
+    assert len(params) > len(want) // 2
+    for name in params:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_export_then_eval_matches_the_run(reference: tuple[Path, str], tmp_path: Path) -> None:
