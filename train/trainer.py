@@ -168,13 +168,12 @@ class Trainer:
         finally:
             self.engine.train()
 
-    def close(self) -> None:
-        """Release loaders and the logger; leave the process group."""
+    def close(self, clean: bool = True) -> None:
+        """Release loaders and the logger; leave the process group (see `distributed.teardown`)."""
         self.logger.close()
-        for loader in ("train_loader", "val_loader"):
-            if hasattr(self, loader):
-                getattr(self, loader).close()
-        distributed.teardown()
+        self.train_loader.close()
+        self.val_loader.close()
+        distributed.teardown(clean)
 
     @property
     def interrupted_by_signal(self) -> bool:

@@ -25,6 +25,7 @@ COMMON = (
     "train.progress=false",
     "checkpoint.every=25",
     "model.variant=tmix",
+    "train.ema_decay=0.9",
 )
 
 
@@ -45,9 +46,9 @@ def train(root: Path, run: Path, *extra: str, nproc: int = 2) -> subprocess.Comp
     return blockmix(*args, "--nproc", str(nproc))
 
 
-def exported(run: Path) -> dict[str, torch.Tensor]:
-    out = run.parent / f"{run.name}.safetensors"
-    blockmix("export", str(run), "--out", str(out))
+def exported(run: Path, ema: bool = False) -> dict[str, torch.Tensor]:
+    out = run.parent / f"{run.name}{'_ema' if ema else ''}.safetensors"
+    blockmix("export", str(run), "--out", str(out), *(["--ema"] if ema else []))
     return load_file(str(out))
 
 
@@ -113,10 +114,11 @@ def test_stop_and_resume_is_bit_identical(
     assert (run / "checkpoints" / "latest").read_text() == "step00000013"
     assert not (run / "results.json").exists()
     train(demo_root, run, "train.zero_stage=2")
-    want, got = exported(reference[0]), exported(run)
-    assert want.keys() == got.keys()
-    for name in want:
-        assert torch.equal(want[name], got[name]), name
+    for ema in (False, True):
+        want, got = exported(reference[0], ema), exported(run, ema)
+        assert want.keys() == got.keys()
+        for name in want:
+            assert torch.equal(want[name], got[name]), name
     ref_results = json.loads((reference[0] / "results.json").read_text())
     results = json.loads((run / "results.json").read_text())
     assert results["top1"] == ref_results["top1"]
@@ -154,7 +156,7 @@ def test_export_then_eval_matches_the_run(reference: tuple[Path, str], tmp_path:
 
 
 def test_zero3_stop_and_resume_is_bit_identical(demo_root: Path, tmp_path: Path) -> None:
-    short = ("train.zero_stage=3", "train.steps=8", "model.variant=baseline")
+    short = ("train.zero_stage=3", "train.steps=8", "model.variant=baseline", "train.ema_decay=0")
     full, part = tmp_path / "full", tmp_path / "part"
     train(demo_root, full, *short)
     train(demo_root, part, *short, "train.stop_after=5")

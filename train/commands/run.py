@@ -39,14 +39,16 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("DS_ACCELERATOR", _accelerator())
     from train.trainer import Trainer
 
-    trainer = None
+    trainer, finished = None, False
     try:
         trainer = Trainer(config, from_environment())
         results = trainer.fit()
-    except BaseException:
-        teardown(clean=False)
-        raise
-    trainer.close()
+        finished = True
+    finally:  # after an error, leave without waiting for ranks that may be gone
+        if trainer is not None:
+            trainer.close(clean=finished)
+        else:
+            teardown(clean=False)
     if results is None and trainer.interrupted_by_signal:
         return 128 + signal.SIGTERM
     return 0
