@@ -11,7 +11,7 @@ from pathlib import Path
 import cloudpickle
 
 from slurm.cluster import ClusterConfig
-from slurm.submit import Resources, submit, wait
+from slurm.submit import Resources, submit, submit_array, wait
 from slurm.tasks import Task
 
 # The jobs unpickle these test classes where this module is not importable: ship them by value.
@@ -58,6 +58,14 @@ class Counter(Task):
         return done
 
 
+class Echo(Task):
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def run(self) -> tuple[int, str]:
+        return self.value, os.environ["SLURM_ARRAY_TASK_ID"]
+
+
 class Fails(Task):
     def run(self) -> None:
         raise ValueError("this task fails on purpose")
@@ -81,6 +89,16 @@ def test_two_node_job_all_reduces_over_gloo(slurm_cluster, tmp_path):
     assert {result["node"] for result in results} == {"node1", "node2"}
     assert all(result["world_size"] == 2 and result["sum"] == 3.0 for result in results)
     assert all(result["local_rank"] == 0 for result in results)
+
+
+def test_job_array_runs_one_element_per_task(slurm_cluster, tmp_path):
+    jobs = submit_array([Echo(10), Echo(11)], _config(tmp_path), Resources(), "echo")
+    assert wait(jobs, poll_s=1)
+    assert [job.result() for job in jobs] == [(10, "0"), (11, "1")]
+    (script_file,) = (tmp_path / "logs").glob("*/*_submission.sh")
+    script = script_file.read_text()
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=USR2@120" in script
+    assert "#SBATCH --partition=debug" in script
 
 
 def test_local_executor_runs_the_same_task(tmp_path):

@@ -77,6 +77,7 @@ def test_interrupted_job_resumes_and_matches_the_uninterrupted_run(runs):
     assert states[0] == "REQUEUED", states
     assert plain.wait(timeout=400) == 0
     expected = json.loads((root / "runs" / "plain" / "results.json").read_text())
+    assert "#SBATCH --signal=TERM@120" in job.paths.submission_file.read_text()
     results = job.results()[0]
     assert {key: results[key] for key in COMPARED} == {key: expected[key] for key in COMPARED}
 
