@@ -14,12 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import submitit
 
+MASTER_PORTS = (20000, 60000)  # the range torch.distributed's rendezvous port is drawn from
 # `blockmix train` returns this when a signal stopped it after saving a checkpoint.
 STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
 
@@ -27,22 +29,24 @@ STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
 def distributed_env() -> dict[str, str]:
     """torch.distributed's ``env://`` variables for this task of the current submitit job.
 
-    Ranks come from SLURM (or submitit's local executor); the port is derived from the job id, so
-    all tasks agree on it. The master is the first node of the allocation; under SLURM its address
-    is the one srun was launched from (the batch script runs on the first node), which also works
-    where node names do not resolve.
+    Ranks come from SLURM (or submitit's local executor). The port is derived from the job id,
+    so all tasks agree on it and a ``MASTER_PORT`` inherited from the submitting shell cannot
+    leak in. The master is the first node of the allocation; under SLURM its address is the one
+    srun was launched from (the batch script runs on the first node), which also works where node
+    names do not resolve.
     """
-    dist = submitit.helpers.TorchDistributedEnvironment()
-    master_addr = dist.master_addr
-    if submitit.JobEnvironment().cluster == "slurm":
+    job = submitit.JobEnvironment()
+    master_addr = job.hostnames[0]
+    if job.cluster == "slurm":
         master_addr = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", master_addr)
+    port = MASTER_PORTS[0] + zlib.crc32(job.job_id.encode()) % (MASTER_PORTS[1] - MASTER_PORTS[0])
     return {
         "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(dist.master_port),
-        "RANK": str(dist.rank),
-        "WORLD_SIZE": str(dist.world_size),
-        "LOCAL_RANK": str(dist.local_rank),
-        "LOCAL_WORLD_SIZE": str(dist.local_world_size),
+        "MASTER_PORT": str(port),
+        "RANK": str(job.global_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_RANK": str(job.local_rank),
+        "LOCAL_WORLD_SIZE": str(job.num_tasks // job.num_nodes),
     }
 
 

@@ -81,7 +81,9 @@ def _config(tmp_path: Path, executor: str = "slurm") -> ClusterConfig:
     )
 
 
-def test_two_node_job_all_reduces_over_gloo(slurm_cluster, tmp_path):
+def test_two_node_job_all_reduces_over_gloo(slurm_cluster, tmp_path, monkeypatch):
+    for name, stale in {"MASTER_PORT": "1", "RANK": "5", "WORLD_SIZE": "9"}.items():
+        monkeypatch.setenv(name, stale)  # the submitting shell's values must not reach the job
     job = submit(AllReduce(), _config(tmp_path), Resources(nodes=2), "allreduce")
     assert wait([job], poll_s=1)
     results = sorted(job.results(), key=lambda result: result["rank"])
