@@ -58,7 +58,12 @@ def _submit(args: argparse.Namespace) -> int:
     )
     if not args.wait:
         return 0
-    if not wait([job]):
+    try:
+        succeeded = wait([job])
+    except KeyboardInterrupt:
+        print(f"stopped waiting; job {job.job_id} keeps running (scancel it to stop it)")
+        return 130
+    if not succeeded:
         return 1
     print(json.dumps(job.results()[0]))
     return 0
