@@ -94,7 +94,7 @@ class LocalCluster:
 
 
 def install_packages() -> None:
-    """Install the SLURM and munge Debian packages unless their programs are already present."""
+    """Install the SLURM, munge and MariaDB Debian packages unless their programs are present."""
     missing = [program for program in PROGRAMS if _which(program) is None]
     if not missing:
         return
@@ -117,7 +117,10 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = 45.0) -> Local
     install_packages()
     cluster = LocalCluster(Path(state_dir).resolve())
     if any(path.exists() for group in cluster.pid_files() for path in group):
-        raise ClusterUnavailable(f"{cluster.state_dir} holds a running cluster; stop it first")
+        raise ClusterUnavailable(
+            f"{cluster.state_dir} holds a cluster; stop it first: "
+            f"python -m slurm.local_cluster stop --state-dir {cluster.state_dir}"
+        )
     _check_parents(cluster.state_dir)
     shutil.rmtree(cluster.state_dir, ignore_errors=True)
     _write_config(cluster)
@@ -160,11 +163,11 @@ def _check_parents(state_dir: Path) -> None:
 
 
 def _write_config(cluster: LocalCluster) -> None:
+    """Directories, munge key, slurm.conf, slurmdbd.conf and mariadb.cnf, with free ports."""
     munge_dir = cluster.munge_socket.parent
-    cluster.state_dir.mkdir(parents=True, mode=0o755)
-    cluster.state_dir.chmod(0o755)  # whatever the umask
-    munge_dir.mkdir()
-    munge_dir.chmod(0o755)  # munged: clients of every user reach the socket
+    for directory in (cluster.state_dir, munge_dir):  # munged: clients of all users reach it
+        directory.mkdir(parents=True)
+        directory.chmod(0o755)
     for directory in (cluster.log_dir, cluster.state_dir / "ctld"):
         directory.mkdir(mode=0o700)
     for node in NODES:
@@ -173,9 +176,19 @@ def _write_config(cluster: LocalCluster) -> None:
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
     ctld_port, dbd_port, db_port, *node_ports = _free_ports(3 + len(NODES))
+    host = socket.gethostname().split(".")[0]
+    cluster.conf.write_text(_slurm_conf(cluster, host, ctld_port, dbd_port, node_ports))
+    dbd_conf = cluster.state_dir / "slurmdbd.conf"
+    dbd_conf.write_text(_slurmdbd_conf(cluster, host, dbd_port, db_port))
+    dbd_conf.chmod(0o600)
+    cluster.db_conf.write_text(_mariadb_cnf(cluster, db_port))
+
+
+def _slurm_conf(
+    cluster: LocalCluster, host: str, ctld_port: int, dbd_port: int, node_ports: list[int]
+) -> str:
     cpus = os.cpu_count() or 1
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    host = socket.gethostname().split(".")[0]
     state = cluster.state_dir
     lines = [
         "ClusterName=blockmix",
@@ -218,15 +231,18 @@ def _write_config(cluster: LocalCluster) -> None:
         ),
         f"PartitionName={PARTITION} Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP",
     ]
-    cluster.conf.write_text("\n".join(lines) + "\n")
-    dbd_lines = [
+    return "\n".join(lines) + "\n"
+
+
+def _slurmdbd_conf(cluster: LocalCluster, host: str, dbd_port: int, db_port: int) -> str:
+    lines = [
         f"DbdHost={host}",
         "DbdAddr=127.0.0.1",
         f"DbdPort={dbd_port}",
         "SlurmUser=root",
         "AuthType=auth/munge",
         f"AuthInfo=socket={cluster.munge_socket}",
-        f"PidFile={state / 'slurmdbd.pid'}",
+        f"PidFile={cluster.state_dir / 'slurmdbd.pid'}",
         f"LogFile={cluster.log_dir / 'slurmdbd.log'}",
         "StorageType=accounting_storage/mysql",
         "StorageHost=127.0.0.1",
@@ -234,11 +250,13 @@ def _write_config(cluster: LocalCluster) -> None:
         "StorageUser=root",
         "StorageLoc=slurm_acct_db",
     ]
-    dbd_conf = state / "slurmdbd.conf"
-    dbd_conf.write_text("\n".join(dbd_lines) + "\n")
-    dbd_conf.chmod(0o600)
-    # Root without password, reachable only on 127.0.0.1: a throw-away accounting database.
-    cluster.db_conf.write_text(
+    return "\n".join(lines) + "\n"
+
+
+def _mariadb_cnf(cluster: LocalCluster, db_port: int) -> str:
+    """Root without password, reachable only on 127.0.0.1: a throw-away accounting database."""
+    state = cluster.state_dir
+    return (
         f"[client]\nport={db_port}\nhost=127.0.0.1\nuser=root\n"
         f"[mariadbd]\ndatadir={state / 'mariadb'}\nport={db_port}\nbind-address=127.0.0.1\n"
         f"socket={state / 'mariadb.socket'}\npid-file={state / 'mariadb.pid'}\n"
