@@ -5,9 +5,10 @@
    network (defaults: width 192, expansion 6, 16 positions) at 112 px (14x14 internal resolution).
 2. Mixing alone (forward + backward of every bank, no convolutions): the batched contraction
    against the naive per-layer weighted sum, for the same two template variants.
-Runs alternate between the two sides after warm-up; medians of wall time and of process CPU time
-(and the minimum CPU time) are reported. The ratios use CPU time (robust when other jobs share the machine); one intra-op
-thread by default for the same reason. Ratios last.
+Runs alternate between the two sides after warm-up; medians of wall and process CPU time are
+reported, and each ratio is the median of the CPU-time ratios of adjacent runs (CPU time and
+pairing keep the ratios usable when other jobs share the machine; one intra-op thread by default
+for the same reason). Ratios last.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,26 +29,32 @@ from train.models.analysis import banks
 MODELS = {"resnet18": 112, "isometric": 112}
 
 
-def _median_pair(a: Callable[[], None], b: Callable[[], None], warmup: int, repeats: int):
-    """(median wall, median CPU, min CPU) seconds of ``a`` and of ``b``, run alternately after
-    warm-up."""
+@dataclass(frozen=True)
+class Timing:
+    """Medians of wall and CPU seconds of ``a`` and ``b``, and the median of the paired CPU ratios
+    b_i / a_i (adjacent runs, so slow drifts in machine load cancel)."""
+
+    a: tuple[float, float]
+    b: tuple[float, float]
+    ratio: float
+
+
+def _alternate(a: Callable[[], None], b: Callable[[], None], warmup: int, repeats: int) -> Timing:
+    """Run ``a`` and ``b`` alternately after warm-up and time each run."""
     for _ in range(warmup):
         a()
         b()
-    times: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
+    runs: list[list[tuple[float, float]]] = [[], []]
     for _ in range(repeats):
-        for index, fn in enumerate((a, b)):
+        for fn, times in zip((a, b), runs, strict=True):
             wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[index].append((time.perf_counter() - wall, time.process_time() - cpu))
-    return tuple(
-        (
-            statistics.median(t[0] for t in runs),
-            statistics.median(t[1] for t in runs),
-            min(t[1] for t in runs),
-        )
-        for runs in times.values()
-    )
+            times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    medians = [
+        tuple(statistics.median(column) for column in zip(*times, strict=True)) for times in runs
+    ]
+    ratio = statistics.median(tb[1] / ta[1] for ta, tb in zip(*runs, strict=True))
+    return Timing(medians[0], medians[1], ratio)
 
 
 def _train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -76,9 +84,8 @@ def _mixing_step(model: torch.nn.Module, naive: bool) -> Callable[[], None]:
     return step
 
 
-def _ms(seconds: tuple[float, float, float]) -> str:
-    wall, cpu, best = (1e3 * t for t in seconds)
-    return f"{wall:7.1f} ms wall {cpu:7.1f} ms CPU (min {best:.1f})"
+def _ms(seconds: tuple[float, float]) -> str:
+    return f"{seconds[0] * 1e3:8.1f} ms wall {seconds[1] * 1e3:8.1f} ms CPU"
 
 
 def main() -> None:
@@ -86,7 +93,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -99,23 +106,22 @@ def main() -> None:
         x = torch.randn(args.batch, 3, size, size)
         y = torch.randint(0, 1000, (args.batch,))
         baseline, tmix = build(name, "baseline"), build(name, "tmix")
-        base, mixed = _median_pair(
+        step = _alternate(
             _train_step(baseline, x, y), _train_step(tmix, x, y), args.warmup, args.repeats
         )
-        print(f"{name:<10} {size} px step  baseline {_ms(base)} | tmix {_ms(mixed)}")
-        batched, naive = _median_pair(
-            _mixing_step(tmix, naive=False),
+        print(f"{name:<10} {size} px step  baseline {_ms(step.a)} | tmix  {_ms(step.b)}")
+        mixing = _alternate(
             _mixing_step(tmix, naive=True),
+            _mixing_step(tmix, naive=False),
             args.warmup,
             args.repeats,
         )
-        print(f"{name:<10} mixing only  batched {_ms(batched)} | naive {_ms(naive)}")
-        ratios.append((name, mixed[1] / base[1], mixed[2] / base[2], naive[1] / batched[1]))
-    print("\nratios of CPU time (target: tmix/baseline step <= 1.03 at equal depth and width)")
-    for name, step_median, step_min, mixing in ratios:
+        print(f"{name:<10} mixing only  naive    {_ms(mixing.a)} | batched {_ms(mixing.b)}")
+        ratios.append((name, step.ratio, 1 / mixing.ratio))
+    print("\nratios: medians of paired CPU-time ratios (target: tmix/baseline step <= 1.03)")
+    for name, step_ratio, mixing_ratio in ratios:
         print(
-            f"{name:<10} tmix/baseline step {step_median:.3f} (medians; mins {step_min:.3f})"
-            f"   naive/batched mixing {mixing:.1f}"
+            f"{name:<10} tmix/baseline step {step_ratio:.3f}   naive/batched mixing {mixing_ratio:.1f}"
         )
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from train.models import ModelConfig
 
 IMAGE_SIZE = 224
 
@@ -38,7 +42,7 @@ def _list_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(config: object) -> dict[str, object]:
+def _describe(config: ModelConfig) -> dict[str, object]:
     import torch
 
     from train.models import count_params, flops_per_image, summary

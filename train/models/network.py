@@ -130,7 +130,7 @@ class Network(nn.Module):
         self.neck = neck
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleList(nn.Linear(features, n) for n in config.head_classes())
-        if head_init_std is not None:
+        if head_init_std is not None and not self.heads[0].weight.is_meta:
             for head in self.heads:
                 nn.init.normal_(head.weight, 0.0, head_init_std)
                 nn.init.zeros_(head.bias)

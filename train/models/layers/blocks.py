@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from train.models.layers.norm import TaskBatchNorm2d
-from train.models.layers.spec import ACTIVATIONS, BlockSpec
+from train.models.layers.spec import ACTIVATIONS, BlockSpec, he_normal_
 from train.models.layers.templates import MixingConfig, TemplateBank
 
 
@@ -95,7 +95,7 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         self.norm = TaskBatchNorm2d(out_channels, num_tasks)
         self.act = ACTIVATIONS[act]
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        he_normal_(self.conv.weight)
 
     def forward(self, x: Tensor, task: int = 0) -> Tensor:
         return self.act(self.norm(self.conv(x), task))

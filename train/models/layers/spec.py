@@ -52,11 +52,18 @@ class BlockSpec(ABC):
     def init_(name: str, tensor: Tensor) -> None:
         """Initialise one block-shaped parameter in place like the baseline's layers."""
         if tensor.dim() == 4:
-            nn.init.kaiming_normal_(tensor, mode="fan_out", nonlinearity="relu")
+            he_normal_(tensor)
         elif name.endswith("_weight"):
             nn.init.ones_(tensor)
         else:
             nn.init.zeros_(tensor)
+
+
+def he_normal_(tensor: Tensor) -> None:
+    """He-normal init (fan-out, ReLU) in place. Skipped on the meta device, where parameter
+    counting builds networks: random init there would import torch's compiler (seconds)."""
+    if not tensor.is_meta:
+        nn.init.kaiming_normal_(tensor, mode="fan_out", nonlinearity="relu")
 
 
 def bn_shapes(name: str, channels: int) -> dict[str, tuple[int, ...]]:
