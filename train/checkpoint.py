@@ -10,6 +10,7 @@ writing: an interrupted save is never visible. The last ``keep`` checkpoints are
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -28,14 +29,34 @@ from train.errors import BlockmixError
 
 LATEST = "latest"
 TMP_PREFIX = ".tmp-"
+UNIVERSAL_PREFIX = ".universal-"
 META = "meta.json"
 SHARED = "trainer.pt"
 REQUEST_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+# What DeepSpeed's universal-checkpoint converter requires a checkpoint to declare.
+UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
 
 
 def tag_for(step: int) -> str:
     """The folder name of the checkpoint after optimizer step ``step``."""
     return f"step{step:08d}"
+
+
+def find_latest(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint folder under ``directory`` and its meta, or None."""
+    pointer = Path(directory) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    if not (folder / META).is_file():
+        raise BlockmixError(f"{pointer} names {folder.name}, which is incomplete; delete {pointer}")
+    return folder, json.loads((folder / META).read_text())
+
+
+def needs_universal(meta: dict[str, Any], world_size: int) -> bool:
+    """Whether resuming ``meta``'s checkpoint on ``world_size`` ranks goes through DeepSpeed's
+    universal format (ZeRO-3 at another world size; ZeRO 0-2 reshard directly)."""
+    return meta["zero_stage"] == 3 and meta["world_size"] != world_size
 
 
 class RNGState:
@@ -112,7 +133,9 @@ class Checkpointer:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
-        engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False)
+        engine.save_checkpoint(
+            str(self.dir), tag=tmp.name, client_state=UNIVERSAL_INFO, save_latest=False
+        )
         _save_file(_states(self.per_rank), tmp / f"rank{rank:05d}.pt")
         if rank == 0:
             _save_file(_states(self.shared), tmp / SHARED)
@@ -137,32 +160,21 @@ class Checkpointer:
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest complete checkpoint folder and its meta, or None."""
-        pointer = self.dir / LATEST
-        if not pointer.is_file():
-            return None
-        folder = self.dir / pointer.read_text().strip()
-        if not (folder / META).is_file():
-            raise BlockmixError(
-                f"{pointer} names {folder.name}, which is incomplete; delete {pointer}"
-            )
-        return folder, json.loads((folder / META).read_text())
+        return find_latest(self.dir)
 
     def load(self, engine: Any, folder: Path, meta: dict[str, Any]) -> int:
         """Restore engine, per-rank and shared state from ``folder``; return its step."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
-        if meta["world_size"] != world_size and meta["zero_stage"] == 3:
-            raise BlockmixError(
-                f"{folder} was saved by {meta['world_size']} ranks with train.zero_stage=3; "
-                f"resume it on {meta['world_size']} ranks (ZeRO 0-2 checkpoints reload at any world size)"
-            )
         reshard = meta["world_size"] != world_size and meta["zero_stage"] in (1, 2)
-        path, _ = engine.load_checkpoint(
-            str(self.dir), tag=folder.name, load_optimizer_states=not reshard
-        )
+        universal = needs_universal(meta, world_size)
+        tag = self._to_universal(folder) if universal else folder.name
+        path, _ = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=not reshard)
         if path is None:
             raise BlockmixError(f"DeepSpeed could not load checkpoint {folder}")
         if reshard:
             _load_elastic_zero(engine, self.dir, folder.name)
+        if universal:  # the universal format carries no buffers: take rank 0's
+            _load_buffers(engine.module, folder / "zero_pp_rank_0_mp_rank_00_model_states.pt")
         source_rank = rank if rank < meta["world_size"] else 0
         _load_states(
             self.per_rank, torch.load(folder / f"rank{source_rank:05d}.pt", weights_only=False)
@@ -170,11 +182,45 @@ class Checkpointer:
         _load_states(self.shared, torch.load(folder / SHARED, weights_only=False))
         return int(meta["step"])
 
+    def _to_universal(self, folder: Path) -> str:
+        """Convert a ZeRO-3 checkpoint to DeepSpeed's universal format once (rank 0, collective);
+        return the converted tag. The converter knows Adam-style state (AdamW, LAMB) only."""
+        from deepspeed.checkpoint import ds_to_universal
+
+        out = self.dir / f"{UNIVERSAL_PREFIX}{folder.name}"
+        error = ""
+        if dist.get_rank() == 0 and not (out / "zero").is_dir():
+            tmp = self.dir / f"{TMP_PREFIX}{out.name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            args = argparse.Namespace(
+                input_folder=str(folder),
+                output_folder=str(tmp),
+                num_extract_workers=1,
+                num_merge_workers=1,
+                keep_temp_folder=False,
+                strict=True,
+                inject_missing_state=False,
+            )
+            try:
+                ds_to_universal.main(args)
+                os.replace(tmp, out)
+            except KeyError as missing:
+                error = f"its optimizer state has no {missing}"
+        failed = torch.tensor([int(bool(error))])
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failed.item():
+            raise BlockmixError(
+                f"{folder} (train.zero_stage=3) cannot move to {dist.get_world_size()} ranks: "
+                f"{error or 'conversion failed on rank 0'}; resume it on the world size that "
+                "saved it, or train ZeRO-3 with optim.name=adamw or lamb"
+            )
+        return out.name
+
     def _prune(self) -> None:
         tags = sorted(p for p in self.dir.glob("step*") if p.is_dir())
         for old in tags[: -self.config.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for stale in self.dir.glob(f"{TMP_PREFIX}*"):
+        for stale in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.dir.glob(f"{UNIVERSAL_PREFIX}*")]:
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -196,6 +242,13 @@ def _load_elastic_zero(engine: Any, directory: Path, tag: str) -> None:
         load_serial=None,
         param_shapes=engine._get_zero_param_shapes(),
     )
+
+
+def _load_buffers(module: torch.nn.Module, model_states: Path) -> None:
+    saved = torch.load(model_states, weights_only=False)["module"]
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            buffer.copy_(saved[name])
 
 
 def _states(objects: dict[str, Any]) -> dict[str, Any]:

@@ -41,8 +41,14 @@ def precision(config: Config, on_gpu: bool) -> str:
     return wanted
 
 
-def deepspeed_config(config: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:
-    """The DeepSpeed config dict generated from the blockmix config."""
+def deepspeed_config(
+    config: Config, world_size: int, on_gpu: bool, load_universal: bool = False
+) -> dict[str, Any]:
+    """The DeepSpeed config dict generated from the blockmix config.
+
+    ``load_universal`` prepares the engine to load a universal checkpoint (a ZeRO-3 resume at
+    another world size).
+    """
     accum = accumulation_steps(config, world_size)
     stage = config.train.zero_stage
     zero: dict[str, Any] = {"stage": stage}
@@ -59,6 +65,8 @@ def deepspeed_config(config: Config, world_size: int, on_gpu: bool) -> dict[str,
     }
     if config.train.grad_clip > 0:
         ds["gradient_clipping"] = config.train.grad_clip
+    if load_universal:
+        ds["checkpoint"] = {"load_universal": True}
     mode = precision(config, on_gpu)
     if mode == "bf16":
         ds["bf16"] = {"enabled": True}
@@ -97,7 +105,12 @@ def build_optimizer(groups: list[dict[str, Any]], config: OptimConfig) -> torch.
     return Lamb(groups, lr=config.lr, betas=config.betas, eps=config.eps)
 
 
-def initialize(model: nn.Module, groups: dict[str, list[nn.Parameter]], config: Config):
+def initialize(
+    model: nn.Module,
+    groups: dict[str, list[nn.Parameter]],
+    config: Config,
+    load_universal: bool = False,
+):
     """The DeepSpeed engine for ``model`` (process group already up); returns the engine."""
     import deepspeed
 
@@ -105,7 +118,9 @@ def initialize(model: nn.Module, groups: dict[str, list[nn.Parameter]], config: 
     on_gpu = torch.cuda.is_available()
     optimizer = build_optimizer(optimizer_groups(groups, config.optim.weight_decay), config.optim)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(config, world_size, on_gpu)
+        model=model,
+        optimizer=optimizer,
+        config=deepspeed_config(config, world_size, on_gpu, load_universal),
     )
     return engine
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from train.checkpoint import SHARED, Checkpointer
-from train.config import CheckpointConfig, Config
+from train.checkpoint import SHARED, find_latest
+from train.config import Config
 from train.errors import BlockmixError
 
 
@@ -18,7 +18,7 @@ def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str,
     ``ema`` returns the EMA weights instead (the run must have had ``train.ema_decay`` > 0).
     """
     checkpoints = Path(run_dir) / "checkpoints"
-    latest = Checkpointer(checkpoints, CheckpointConfig(), {}, {}).latest()
+    latest = find_latest(checkpoints)
     if latest is None:
         raise BlockmixError(f"{run_dir} has no checkpoint ({checkpoints}/latest is missing)")
     folder, meta = latest

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from train import distributed
 from train import engine as ds
-from train.checkpoint import Checkpointer, RNGState
+from train.checkpoint import Checkpointer, RNGState, find_latest, needs_universal
 from train.config import Config, flat_dict, save_config
 from train.errors import BlockmixError
 from train.loggers import Logger, NullLogger, TensorBoardLogger
@@ -72,7 +72,9 @@ class Trainer:
         with torch.device("meta"):
             self.flops = models.flops_per_image(models.build(**build_args), config.data.image_size)
         self.params = models.count_params(model)
-        self.engine = ds.initialize(model, models.param_groups(model), config)
+        latest = find_latest(self.run_dir / "checkpoints")
+        universal = latest is not None and needs_universal(latest[1], env.world_size)
+        self.engine = ds.initialize(model, models.param_groups(model), config, universal)
         self.accum = self.engine.gradient_accumulation_steps()
         self.dtype = ds.input_dtype(self.engine)
         self.ema = (
@@ -101,7 +103,6 @@ class Trainer:
             shared=shared,
         )
         _seed_rank(config.run.seed, env.rank)
-        latest = self.checkpointer.latest()
         if latest is not None:
             self.checkpointer.load(self.engine, *latest)
         self.checkpointer.install_signal_handlers()
@@ -114,18 +115,15 @@ class Trainer:
 
     def fit(self) -> dict[str, Any] | None:
         """Train to ``total_steps``; return the results, or None when stopped early to resume."""
-        cfg, step, smoothing = (
-            self.config.train,
-            self.progress.step,
-            self.config.train.label_smoothing,
-        )
+        cfg, step = self.config.train, self.progress.step
+        smoothing = cfg.label_smoothing
         batches, timer, images_per_s = self._micro_batches(), StepTimer(), []
         bar = _progress_bar(self.env.is_main and cfg.progress, self.total_steps, step)
         start = time.perf_counter() - self.progress.wall_s
         while step < self.total_steps:
             lr = self._lr(step)
             ds.set_lr(self.engine, lr)
-            finite, data_s = True, 0.0
+            finite, data_s = torch.ones((), dtype=torch.bool, device=self.device), 0.0
             for _ in range(self.accum):  # the micro-batches of one optimizer step
                 images, labels, _ = next(batches)
                 data_s += self.train_loader.data_time
@@ -133,16 +131,17 @@ class Trainer:
                 losses = F.cross_entropy(
                     logits, labels, reduction="none", label_smoothing=smoothing
                 )
-                self.engine.backward(losses.mean())
+                loss = losses.mean()
+                self.engine.backward(loss)
                 self.engine.step()
-                finite = finite and bool(torch.isfinite(losses.mean()))
+                finite &= torch.isfinite(loss.detach())
                 self.train_metrics.update(logits.detach(), labels, losses.detach())
             step = self.progress.step = step + 1
             self.progress.wall_s = time.perf_counter() - start
             timer.add(self.engine.train_batch_size(), data_s)
             if self.ema is not None:
                 self.ema.update(self.engine.module)
-            bad, save, stop = _any_rank(not finite, *self._wants_save_and_stop(step))
+            bad, save, stop = _any_rank(not finite.item(), *self._wants_save_and_stop(step))
             if bad:
                 self._non_finite(step)
             if step % cfg.log_every == 0 or step == self.total_steps:

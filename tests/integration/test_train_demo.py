@@ -155,15 +155,31 @@ def test_export_then_eval_matches_the_run(reference: tuple[Path, str], tmp_path:
     assert evaluated["loss"] == pytest.approx(results["val_loss"], rel=1e-5)
 
 
-def test_zero3_stop_and_resume_is_bit_identical(demo_root: Path, tmp_path: Path) -> None:
-    short = ("train.zero_stage=3", "train.steps=8", "model.variant=baseline", "train.ema_decay=0")
-    full, part = tmp_path / "full", tmp_path / "part"
+def test_zero3_resume_bit_identical_and_on_one_rank(demo_root: Path, tmp_path: Path) -> None:
+    """ZeRO-3 with AdamW: exact resume on 2 ranks; on 1 rank through the universal format."""
+    short = (
+        "train.zero_stage=3",
+        "train.steps=8",
+        "model.variant=baseline",
+        "train.ema_decay=0",
+        "optim.name=adamw",
+        "optim.lr=0.003",
+    )
+    full, part, one = tmp_path / "full", tmp_path / "part", tmp_path / "one"
     train(demo_root, full, *short)
     train(demo_root, part, *short, "train.stop_after=5")
+    shutil.copytree(part, one)
     train(demo_root, part, *short)
-    want, got = exported(full), exported(part)
+    train(demo_root, one, *short, nproc=1)
+    want, got, moved = exported(full), exported(part), exported(one)
     for name in want:
         assert torch.equal(want[name], got[name]), name
+    # ZeRO-3 on 1 rank does not reproduce 2 ranks to rounding even uninterrupted (measured:
+    # 1.6e-3 apart after 8 steps at this learning rate), so this bounds the drift of the 3 steps
+    # after the move, well below what lost optimizer state or a wrong sample would cause.
+    for name in want:
+        if "running_" not in name and "num_batches" not in name:
+            torch.testing.assert_close(moved[name], want[name], rtol=0, atol=1e-3, msg=name)
 
 
 def test_bad_override_is_one_line(tmp_path: Path) -> None:

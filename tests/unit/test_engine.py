@@ -52,6 +52,10 @@ def test_zero_precision_clipping_and_extra_keys() -> None:
     }
     assert ds["gradient_clipping"] == 1.5 and ds["wall_clock_breakdown"] is True
     assert "bf16" not in ds and "fp16" not in ds  # fp32 on the CPU
+    assert "checkpoint" not in ds
+    universal = deepspeed_config(config("train.zero_stage=3"), 1, False, load_universal=True)
+    assert universal["checkpoint"] == {"load_universal": True}
+    assert universal["zero_optimization"] == {"stage": 3}
     gpu = deepspeed_config(config("train.precision=fp16"), 1, True)
     assert gpu["fp16"]["enabled"] is True
     with pytest.raises(BlockmixError, match=r"train\.precision"):
