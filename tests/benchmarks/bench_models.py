@@ -66,20 +66,16 @@ def _train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Cal
 
 
 def _mixing_step(model: torch.nn.Module, naive: bool) -> Callable[[], None]:
+    """Forward and backward of every bank alone, with fixed upstream gradients."""
     model_banks = list(banks(model).values())
-    upstream = [
-        [torch.randn(b.templates.shape[1]) for _ in range(b.num_positions)] for b in model_banks
-    ]
+    with torch.no_grad():
+        grads = [torch.randn_like(p) for bank in model_banks for ps in bank(0) for p in ps.values()]
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        loss = 0.0
-        for bank, grads in zip(model_banks, upstream, strict=True):
-            mixed = bank.mix_naive(0) if naive else bank(0)
-            for params, grad in zip(mixed, grads, strict=True):
-                flat = torch.cat([p.reshape(-1) for p in params.values()])
-                loss = loss + (flat * grad).sum()
-        loss.backward()
+        mixed = [bank.mix_naive(0) if naive else bank(0) for bank in model_banks]
+        outputs = [p for positions in mixed for ps in positions for p in ps.values()]
+        torch.autograd.backward(outputs, grads)
 
     return step
 
