@@ -147,7 +147,7 @@ class Trainer:
             if step % cfg.log_every == 0 or step == self.total_steps:
                 images_per_s.append(self._log_train(step, lr, timer, bar))
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                self.logger.log(_prefixed("val", self.evaluate()), step)
+                self._validate(step)
             if save or stop or step == self.total_steps:
                 distributed.broadcast_buffers(self.engine.module)
                 self.checkpointer.save(self.engine, step)
@@ -217,12 +217,18 @@ class Trainer:
         )
         raise BlockmixError(f"loss is not finite at step {step}; stopping ({kept})")
 
-    def _finish(self, images_per_s: list[float]) -> dict[str, Any]:
+    def _validate(self, step: int) -> dict[str, float]:
+        """Evaluate; log the val scalars and every bank's alpha matrices."""
         from train.models import alpha_matrices
 
         val = self.evaluate()
-        alphas = self._gathered(alpha_matrices)
+        self.logger.log(_prefixed("val", val), step)
+        self.logger.log_alphas(self._gathered(alpha_matrices), step)
+        return val
+
+    def _finish(self, images_per_s: list[float]) -> dict[str, Any]:
         mc, step = self.config.model, self.progress.step
+        val = self._validate(step)
         results = {
             "model": mc.name,
             "variant": mc.variant,
@@ -239,8 +245,6 @@ class Trainer:
             "seed": self.config.run.seed,
             "wall_time_s": self.progress.wall_s,
         }
-        self.logger.log(_prefixed("val", val), step)
-        self.logger.log_alphas(alphas, step)
         final = {"hparams/top1": val["top1"], "hparams/top5": val["top5"]}
         self.logger.log_hparams(flat_dict(self.config), final)
         if self.env.is_main:

@@ -26,6 +26,7 @@ COMMON = (
     "checkpoint.every=25",
     "model.variant=tmix",
     "train.ema_decay=0.9",
+    "train.eval_every=30",
 )
 
 
@@ -97,7 +98,9 @@ def test_training_learns_and_reports(reference: tuple[Path, str]) -> None:
         assert tag in tags["scalars"], tag
     losses = [event.value for event in events.Scalars("train/loss")]
     assert losses[-1] < losses[0] - 0.2, losses
-    assert any(tag.startswith("alpha/task0/") for tag in tags["images"])
+    assert [event.step for event in events.Scalars("val/top1")] == [30, STEPS]
+    alpha_tags = [tag for tag in tags["images"] if tag.startswith("alpha/task0/")]
+    assert alpha_tags and [image.step for image in events.Images(alpha_tags[0])] == [30, STEPS]
     assert any(tag.startswith("alpha/task0/") for tag in tags["histograms"])
     assert events.PluginTagToContent("hparams")
     assert (run / "config.yaml").is_file()
@@ -137,7 +140,7 @@ def test_resume_on_one_rank_continues_from_the_same_sample(
     # gradient sums. BatchNorm running statistics legitimately differ: one rank now sees both
     # micro-batches of a step where rank 0 used to see one.
     params = [name for name in want if "running_" not in name and "num_batches" not in name]
-    assert len(params) > len(want) // 2
+    assert len(params) >= 10
     for name in params:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
 
