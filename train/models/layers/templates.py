@@ -152,13 +152,15 @@ class TemplateBank(nn.Module):
 class _Mix(torch.autograd.Function):
     """alpha (L, K) @ templates (K, P), returned as per-position, per-tensor views.
 
-    Autograd through ``unbind`` and ``split`` would zero-fill and copy the gradient twice;
-    this backward gathers the L x P gradient with one ``cat`` and applies the two GEMMs.
+    The backward works tensor by tensor: it stacks one tensor's gradients of all positions
+    (L, P_n) and applies both GEMMs while that block is still in cache, instead of autograd's
+    zero-filled ``unbind``/``split`` gradients and two passes over the whole L x P gradient.
     """
 
     @staticmethod
     def forward(ctx, alpha, templates, sizes, shapes):  # type: ignore[override]
         ctx.save_for_backward(alpha, templates)
+        ctx.sizes = sizes
         mixed = alpha @ templates
         return tuple(
             part.view(shape)
@@ -170,7 +172,17 @@ class _Mix(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):  # type: ignore[override]
         alpha, templates = ctx.saved_tensors
-        flat = torch.cat([g.reshape(-1) for g in grads]).view(alpha.shape[0], -1)
-        grad_alpha = flat @ templates.T if ctx.needs_input_grad[0] else None
-        grad_templates = alpha.T @ flat if ctx.needs_input_grad[1] else None
+        need_alpha, need_templates = ctx.needs_input_grad[:2]
+        grad_alpha = torch.zeros_like(alpha) if need_alpha else None
+        grad_templates = torch.empty_like(templates) if need_templates else None
+        per_position = len(ctx.sizes)
+        start = 0
+        for index, size in enumerate(ctx.sizes):
+            stacked = torch.stack([g.reshape(-1) for g in grads[index::per_position]])
+            columns = slice(start, start + size)
+            if need_alpha:
+                grad_alpha.addmm_(stacked, templates[:, columns].T)
+            if need_templates:
+                grad_templates[:, columns] = alpha.T @ stacked
+            start += size
         return grad_alpha, grad_templates, None, None
