@@ -1,4 +1,5 @@
-"""`blockmix submit`: train a config as a SLURM job (or locally) through submitit."""
+"""`blockmix submit` (one training job), `sweep` (paired baseline/variant runs over seeds),
+`status` (a sweep's runs) and `compare` (the report), through submitit."""
 
 from __future__ import annotations
 
@@ -31,6 +32,30 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--cluster", choices=EXECUTORS, dest="executor")
     submit.add_argument("--wait", action="store_true", help="block until the job ends")
     submit.set_defaults(handler=_submit)
+
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="train baselines and their matched template variants over seeds (one array each)",
+        description="Submits only runs that are missing or failed; see README: Sweeps.",
+    )
+    sweep.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file (slurm/sweeps/*.yaml)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    sweep.add_argument("--cluster", choices=EXECUTORS, dest="executor")
+    sweep.add_argument("--wait", action="store_true", help="block until the submitted jobs end")
+    sweep.set_defaults(handler=_sweep)
+
+    status = subparsers.add_parser("status", help="state, step and latest metric of a sweep's runs")
+    status.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    status.set_defaults(handler=_status)
+
+    compare = subparsers.add_parser(
+        "compare", help="baseline vs template variants: Markdown table, CSV and PNG"
+    )
+    compare.add_argument("paths", nargs="+", metavar="SWEEP_DIR | RUN_DIR")
+    compare.add_argument(
+        "--out", type=Path, help="path prefix of .md/.csv/.png (default SWEEP_DIR/compare)"
+    )
+    compare.set_defaults(handler=_compare)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -66,4 +91,52 @@ def _submit(args: argparse.Namespace) -> int:
     if not succeeded:
         return 1
     print(json.dumps(job.results()[0]))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from slurm.submit import wait
+    from slurm.sweep import describe_plan, load_sweep, make_plan, states, submit_plan
+
+    plan = make_plan(load_sweep(args.sweep), args.executor)
+    print(describe_plan(plan, states(plan.runs, plan.sweep_dir)))
+    if args.dry_run:
+        print("dry run: nothing submitted")
+        return 0
+    jobs = submit_plan(plan)
+    print(f"submitted {len(jobs)} run(s); `blockmix status {plan.sweep_dir}` shows them")
+    if not args.wait or not jobs:
+        return 0
+    try:
+        return 0 if wait(jobs) else 1
+    except KeyboardInterrupt:
+        print("stopped waiting; the jobs keep running")
+        return 130
+
+
+def _status(args: argparse.Namespace) -> int:
+    from slurm.runs import progress
+    from slurm.sweep import read_plan, states
+
+    sweep_dir = Path(args.sweep_dir)
+    planned = read_plan(sweep_dir)
+    current = states(planned, sweep_dir)
+    print(f"{'run':<34}{'state':<10}{'step':>8}  latest metric")
+    for run in planned:
+        step, metric = progress(sweep_dir / "runs" / run.name)
+        shown = "-" if step is None else str(step)
+        print(f"{run.name:<34}{current[run.name]:<10}{shown:>8}  {metric or '-'}")
+    counts = {state: list(current.values()).count(state) for state in sorted(set(current.values()))}
+    print(", ".join(f"{count} {state}" for state, count in counts.items()))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from slurm.compare import report
+    from slurm.sweep import PLAN_FILE
+
+    sweep = len(args.paths) == 1 and (Path(args.paths[0]) / PLAN_FILE).is_file()
+    out = args.out or (Path(args.paths[0]) / "compare" if sweep else Path("compare"))
+    print(report(args.paths, out))
+    print(f"\nwritten: {out}.md, {out}.csv, {out}.png")
     return 0

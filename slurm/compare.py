@@ -1,0 +1,272 @@
+"""The comparison report: each baseline against its matched template variants, over seeds.
+
+One row per model and variant (+ mode): parameters, FLOPs, images/s, top-1/top-5 as mean +- std
+over the finished seeds, and the paired difference in top-1 to the row's baseline (runs with the
+same seed) with a 95% t-interval over the n paired differences. Unfinished runs are counted in
+their row's state column, never dropped. Written as Markdown, CSV and a PNG (top-1 vs parameters,
+and the runs' training-loss curves from their TensorBoard event files).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slurm.runs import RunLabel, label_of, read_config, read_results, scalars
+from slurm.sweep import PLAN_FILE, read_plan, states
+from train.errors import BlockmixError
+
+CONFIDENCE = 0.95
+MODE_ORDER = (None, "deeper", "compact")
+COLUMNS = (
+    "model", "variant", "runs", "params", "gflops", "images_per_s",
+    "top1_mean", "top1_std", "top5_mean", "top5_std",
+    "paired_n", "top1_diff", "top1_diff_low", "top1_diff_high",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the report sees it."""
+
+    name: str
+    path: Path
+    label: RunLabel
+    seed: int
+    state: str
+    results: dict[str, Any] | None
+    params: int | None = None  # planned count, shown until results exist
+
+
+@dataclass(frozen=True)
+class Row:
+    label: RunLabel
+    runs: tuple[RunRecord, ...]
+    reference: RunLabel | None  # the baseline row the paired difference is taken against
+
+    def finished(self) -> list[RunRecord]:
+        return [run for run in self.runs if run.results is not None]
+
+
+def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
+    """Runs of one sweep directory (planned runs included) or of the given run directories."""
+    dirs = [Path(path) for path in paths]
+    if len(dirs) == 1 and (dirs[0] / PLAN_FILE).is_file():
+        planned = read_plan(dirs[0])
+        current = states(planned, dirs[0])
+        return [
+            RunRecord(
+                run.name,
+                dirs[0] / "runs" / run.name,
+                RunLabel(run.model, run.variant, run.mode),
+                run.seed,
+                current[run.name],
+                read_results(dirs[0] / "runs" / run.name),
+                run.params,
+            )
+            for run in planned
+        ]
+    records = []
+    for path in dirs:
+        config = read_config(path)
+        if config is None:
+            raise BlockmixError(f"{path}: neither a sweep directory nor a run directory")
+        results = read_results(path)
+        state = "finished" if results is not None else "unfinished"
+        records.append(
+            RunRecord(path.name, path, label_of(config), config["run"]["seed"], state, results)
+        )
+    return records
+
+
+def rows(records: Sequence[RunRecord]) -> list[Row]:
+    """Rows in order: per model the baseline, then each mode's narrowed baseline and variant."""
+    grouped: dict[RunLabel, list[RunRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.label, []).append(record)
+
+    def order(label: RunLabel) -> tuple[str, int, bool]:
+        return (label.model, MODE_ORDER.index(label.mode), label.variant != "baseline")
+
+    result = []
+    for label in sorted(grouped, key=order):
+        reference = None
+        if label.variant != "baseline":
+            matched = RunLabel(label.model, "baseline", label.mode)
+            plain = RunLabel(label.model, "baseline", None)
+            reference = matched if matched in grouped else plain if plain in grouped else None
+        runs = tuple(sorted(grouped[label], key=lambda run: run.seed))
+        result.append(Row(label, runs, reference))
+    return result
+
+
+def paired_difference(
+    values: dict[int, float], reference: dict[int, float]
+) -> tuple[int, float | None, float | None, float | None]:
+    """n, mean and 95% t-interval of ``values[s] - reference[s]`` over seeds in both."""
+    from scipy import stats
+
+    seeds = sorted(set(values) & set(reference))
+    diffs = [values[seed] - reference[seed] for seed in seeds]
+    n = len(diffs)
+    if n == 0:
+        return 0, None, None, None
+    mean = sum(diffs) / n
+    if n == 1:
+        return 1, mean, None, None
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * _std(diffs) / math.sqrt(n)
+    return n, mean, mean - half, mean + half
+
+
+def table(report_rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """One dict per row with `COLUMNS` (None where there is nothing to show yet)."""
+    by_label = {row.label: row for row in report_rows}
+    out = []
+    for row in report_rows:
+        done = row.finished()
+
+        def values(key: str, runs: Sequence[RunRecord] = done) -> list[float]:
+            return [run.results[key] for run in runs if run.results.get(key) is not None]
+
+        params = values("params") or [run.params for run in row.runs if run.params]
+        top1, top5 = values("top1"), values("top5")
+        n = diff = low = high = None
+        if row.reference is not None:
+            ref = {r.seed: r.results["top1"] for r in by_label[row.reference].finished()}
+            n, diff, low, high = paired_difference({r.seed: r.results["top1"] for r in done}, ref)
+        flops = values("flops")
+        out.append(
+            {
+                "model": row.label.model,
+                "variant": row.label.text,
+                "runs": _run_states(row),
+                "params": params[0] if params else None,
+                "gflops": flops[0] / 1e9 if flops else None,
+                "images_per_s": _mean(values("images_per_s")),
+                "top1_mean": _mean(top1),
+                "top1_std": _std(top1),
+                "top5_mean": _mean(top5),
+                "top5_std": _std(top5),
+                "paired_n": n,
+                "top1_diff": diff,
+                "top1_diff_low": low,
+                "top1_diff_high": high,
+            }
+        )
+    return out
+
+
+def markdown(lines: Sequence[dict[str, Any]]) -> str:
+    """The table as Markdown; the paired difference is tmix - baseline in top-1 points."""
+    header = (
+        "| model | variant | runs | params | GFLOPs | images/s | top-1 % | top-5 % "
+        f"| top-1 diff vs baseline ({CONFIDENCE:.0%} CI) |"
+    )
+    out = [header, "|" + "---|" * 9]
+    for line in lines:
+        diff = "-"
+        if line["paired_n"]:
+            diff = f"{line['top1_diff']:+.2f}"
+            if line["top1_diff_low"] is not None:
+                diff += f" [{line['top1_diff_low']:+.2f}, {line['top1_diff_high']:+.2f}]"
+            diff += f" (n={line['paired_n']})"
+        elif line["paired_n"] == 0:
+            diff = "no finished pair (n=0)"
+        cells = [
+            line["model"],
+            line["variant"],
+            line["runs"],
+            f"{line['params']:,}" if line["params"] else "-",
+            f"{line['gflops']:.4g}" if line["gflops"] is not None else "-",
+            f"{line['images_per_s']:.0f}" if line["images_per_s"] is not None else "-",
+            _pm(line["top1_mean"], line["top1_std"]),
+            _pm(line["top5_mean"], line["top5_std"]),
+            diff,
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_csv(lines: Sequence[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(lines)
+
+
+def plot(report_rows: Sequence[Row], path: Path) -> None:
+    """Top-1 (mean +- std over seeds) against parameters, and every run's training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (accuracy, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, row in enumerate(report_rows):
+        colour, name = colours[index % len(colours)], f"{row.label.model} {row.label.text}"
+        done = row.finished()
+        if done:
+            top1 = [run.results["top1"] for run in done]
+            accuracy.errorbar(
+                done[0].results["params"], _mean(top1), yerr=_std(top1) or 0.0,
+                fmt="o", capsize=4, color=colour, label=name,
+            )  # fmt: skip
+        for number, run in enumerate(row.runs):
+            loss = scalars(run.path).get("train/loss", [])
+            if loss:
+                steps, values = zip(*loss, strict=True)
+                label = f"{name} ({len(row.runs)} runs)" if number == 0 else None
+                curves.plot(steps, values, color=colour, alpha=0.7, label=label)
+    accuracy.set(xlabel="trainable parameters", ylabel="val top-1 (%)", title="accuracy vs size")
+    curves.set(xlabel="step", ylabel="train loss", title="training curves", yscale="log")
+    for axes in (accuracy, curves):
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def report(paths: Sequence[str | Path], out: Path) -> str:
+    """Collect, write ``out``.md/.csv/.png, and return the Markdown table."""
+    report_rows = rows(collect(paths))
+    if not report_rows:
+        raise BlockmixError("no runs to compare")
+    lines = table(report_rows)
+    text = markdown(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    write_csv(lines, out.with_suffix(".csv"))
+    plot(report_rows, out.with_suffix(".png"))
+    return text
+
+
+def _run_states(row: Row) -> str:
+    counts: dict[str, int] = {}
+    for run in row.runs:
+        counts[run.state] = counts.get(run.state, 0) + 1
+    return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (n - 1), None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} +- {std:.2f}" if std is not None else f"{mean:.2f}"
