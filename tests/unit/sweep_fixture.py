@@ -56,7 +56,7 @@ def real_sweep(tmp_path_factory) -> RealSweep:
         (root / "no-cluster.yaml").write_text(f"run_root: {root}\n")
         stopped = subprocess.Popen(
             [Path(sys.executable).with_name("blockmix"), "train", "demo", f"data.root={data}",
-             f"run.dir={unfinished}", "train.stop_after=2", "train.progress=false", *STEPS],
+             f"run.dir={unfinished}", "run.seed=5", "train.stop_after=2", "train.progress=false", *STEPS],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         assert main(["sweep", str(sweep_file), "--wait"]) == 0
