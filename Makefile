@@ -10,7 +10,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup test lint bench-models bench-data bench-train
+.PHONY: setup test lint bench-models bench-data bench-train demo
 
 setup: $(STAMP)
 
@@ -38,3 +38,15 @@ bench-data: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) tests/benchmarks/bench_train.py
+
+# The demo: the digits data, a sweep of the demo baseline against its matched template variants
+# (slurm/sweeps/demo.yaml), then the comparison table. CLUSTER=slurm submits to SLURM instead of
+# local processes (a site's, or `python -m slurm.local_cluster start`'s with SLURM_CONF exported).
+# One thread per training: the local executor runs a sweep's runs side by side.
+CLUSTER ?= local
+DEMO_SWEEP ?= runs/sweeps/demo
+demo: $(STAMP)
+	$(VENV)/bin/blockmix prepare demo data/demo
+	OMP_NUM_THREADS=1 $(VENV)/bin/blockmix sweep slurm/sweeps/demo.yaml --cluster $(CLUSTER) --wait
+	$(VENV)/bin/blockmix compare $(DEMO_SWEEP)
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_SWEEP)/runs"
