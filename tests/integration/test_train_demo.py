@@ -84,8 +84,21 @@ def test_training_learns_and_reports(reference: tuple[Path, str]) -> None:
     run, stderr = reference
     assert "terminate called" not in stderr
     results = json.loads((run / "results.json").read_text())
-    for key in ("model", "variant", "mode", "params", "flops", "top1", "top5", "images_per_s",
-                "steps", "epochs", "world_size", "seed", "wall_time_s"):  # fmt: skip
+    for key in (
+        "model",
+        "variant",
+        "mode",
+        "params",
+        "flops",
+        "top1",
+        "top5",
+        "images_per_s",
+        "steps",
+        "epochs",
+        "world_size",
+        "seed",
+        "wall_time_s",
+    ):
         assert key in results
     assert results["steps"] == STEPS and results["world_size"] == 2
     assert results["variant"] == "tmix" and results["params"] > 0 and results["flops"] > 0
@@ -93,8 +106,16 @@ def test_training_learns_and_reports(reference: tuple[Path, str]) -> None:
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "histograms": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/top1", "train/lr", "perf/images_per_s", "perf/data_time_s",
-                "val/top1", "val/top5", "val/loss"):  # fmt: skip
+    for tag in (
+        "train/loss",
+        "train/top1",
+        "train/lr",
+        "perf/images_per_s",
+        "perf/data_time_s",
+        "val/top1",
+        "val/top5",
+        "val/loss",
+    ):
         assert tag in tags["scalars"], tag
     losses = [event.value for event in events.Scalars("train/loss")]
     assert losses[-1] < losses[0] - 0.2, losses

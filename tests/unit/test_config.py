@@ -13,9 +13,20 @@ ROOT = "data.root=/data/imagenet"
 
 
 def test_overrides_are_typed_and_applied() -> None:
-    config = load_config("demo", [ROOT, "train.steps=7", "train.zero_stage=3", "model.variant=tmix",
-                                  "model.mode=deeper", "run.seed=5", "checkpoint.every=3",
-                                  "data.scale=[0.5,1.0]", "model.options.templates=2"])  # fmt: skip
+    config = load_config(
+        "demo",
+        [
+            ROOT,
+            "train.steps=7",
+            "train.zero_stage=3",
+            "model.variant=tmix",
+            "model.mode=deeper",
+            "run.seed=5",
+            "checkpoint.every=3",
+            "data.scale=[0.5,1.0]",
+            "model.options.templates=2",
+        ],
+    )
     assert isinstance(config, Config)
     assert (config.train.steps, config.train.zero_stage, config.run.seed) == (7, 3, 5)
     assert (config.model.variant, config.model.mode, config.checkpoint.every) == (
