@@ -41,7 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file (slurm/sweeps/*.yaml)")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     sweep.add_argument("--cluster", choices=EXECUTORS, dest="executor")
-    sweep.add_argument("--wait", action="store_true", help="block until the submitted jobs end")
+    sweep.add_argument(
+        "--wait", action="store_true", help="block until the submitted jobs end (debug: always)"
+    )
     sweep.set_defaults(handler=_sweep)
 
     status = subparsers.add_parser("status", help="state, step and latest metric of a sweep's runs")
@@ -105,8 +107,8 @@ def _sweep(args: argparse.Namespace) -> int:
         return 0
     jobs = submit_plan(plan)
     print(f"submitted {len(jobs)} run(s); `blockmix status {plan.sweep_dir}` shows them")
-    if not args.wait or not jobs:
-        return 0
+    if not (args.wait or plan.cluster.executor == "debug") or not jobs:
+        return 0  # debug jobs run in this process, while waited for
     try:
         return 0 if wait(jobs) else 1
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ Everything here reads files that `blockmix train` writes (``config.yaml``, ``res
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,6 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
     """``results.json`` (written once, at the end of a finished run), or None."""
-    import json
-
     path = run_dir / RESULTS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
