@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from data_pipeline.config import DataConfig
 from train.errors import BlockmixError
+from train.tasks import AdaptConfig, MultiTaskConfig, TaskConfig, TransferConfig, validate_tasks
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BASE_KEY = "_base_"
@@ -116,6 +117,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -174,6 +179,9 @@ def validate(config: Config) -> None:
             f"schedule.min_lr_ratio must be in [0, 1], got {config.schedule.min_lr_ratio}"
         )
     config.data.validate()
+    validate_tasks(
+        config.tasks, config.multitask, config.transfer, config.adapt, config.model.variant
+    )
 
 
 def named_configs() -> list[str]:

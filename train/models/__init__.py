@@ -10,7 +10,7 @@ from train.models.analysis import alpha_matrices, flops_per_image, summary, writ
 from train.models.layers import MixingConfig, TemplateBank
 from train.models.matching import MODES, MatchedPair, MatchingConfig, match
 from train.models.network import ModelConfig, Network
-from train.models.params import count_params, freeze_templates, param_groups
+from train.models.params import count_params, freeze_templates, param_groups, share_logits_from
 from train.models.registry import build, list_models, model_config
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "match",
     "model_config",
     "param_groups",
+    "share_logits_from",
     "summary",
     "write_alpha",
 ]

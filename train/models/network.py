@@ -136,6 +136,10 @@ class Network(nn.Module):
                 nn.init.zeros_(head.bias)
 
     def forward(self, x: Tensor, task: int = 0) -> Tensor:
+        return self.heads[task](self.dropout(self.features(x, task)))
+
+    def features(self, x: Tensor, task: int = 0) -> Tensor:
+        """Pooled last-block (or neck) features (N, C) of ``task``, before dropout and head."""
         if not 0 <= task < self.num_tasks:
             raise IndexError(f"task {task} out of range for a {self.num_tasks}-task model")
         x = self.stem_pool(self.stem(x, task))
@@ -143,5 +147,4 @@ class Network(nn.Module):
             x = stage(x, task)
         if self.neck is not None:
             x = self.neck(x, task)
-        x = self.dropout(x.mean((2, 3)))
-        return self.heads[task](x)
+        return x.mean((2, 3))

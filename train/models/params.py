@@ -41,6 +41,16 @@ def freeze_templates(model: nn.Module) -> None:
             module.templates.requires_grad_(False)
 
 
+def share_logits_from(model: nn.Module, position: int) -> None:
+    """Mixed positions ``position`` onwards (bank rows counted in network order) use task 0's
+    mixture logits for every task; the other tasks' logits there stop mattering."""
+    start = 0
+    for module in model.modules():
+        if isinstance(module, TemplateBank):
+            module.shared_from = min(max(position - start, 0), module.num_positions)
+            start += module.num_positions
+
+
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters; buffers such as BN statistics never count."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

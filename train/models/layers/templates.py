@@ -84,6 +84,7 @@ class TemplateBank(nn.Module):
         self.num_positions = num_positions
         self.templates = nn.Parameter(torch.empty(num_templates, sum(self.sizes)))
         self.logits = nn.Parameter(torch.empty(num_tasks, num_positions, num_templates))
+        self.shared_from = num_positions  # positions from here on use task 0's logits
         self.reset_parameters(spec)
 
     def reset_parameters(self, spec: BlockSpec) -> None:
@@ -118,6 +119,8 @@ class TemplateBank(nn.Module):
         """Mixture weights (L, K) of ``task``: softmax of logits / temperature, or the raw
         coefficients in linear mode."""
         logits = self.logits[task]
+        if task and self.shared_from < self.num_positions:
+            logits = torch.cat((logits[: self.shared_from], self.logits[0, self.shared_from :]))
         if self.mixing.coefficients == "linear":
             return logits
         return torch.softmax(logits / self.mixing.temperature, dim=-1)
