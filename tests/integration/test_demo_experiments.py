@@ -95,3 +95,21 @@ def test_adaptation_reports_target_accuracy_before_and_after(demo: Path) -> None
     assert results["target"] == "photo"
     for key in ("target_top1_before", "target_top1_after"):
         assert 0.0 <= results[key] <= 100.0
+
+
+def test_multitask_run_stopped_and_resumed_ends_where_the_uninterrupted_one_does(
+    demo: Path, multitask: Path
+) -> None:
+    out = demo.parent / "resumed"
+    blockmix(
+        "train",
+        "demo_multitask",
+        f"data.root={demo}",
+        f"run.dir={out}",
+        *SHORT,
+        "train.stop_after=2",
+    )
+    assert not (out / "results.json").exists()
+    resumed = run("demo_multitask", demo, out)
+    reference = json.loads((multitask / "results.json").read_text())
+    assert resumed["tasks"] == reference["tasks"]  # every task's loader position was saved
