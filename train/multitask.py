@@ -182,11 +182,12 @@ class MultiTaskTrainer:
         while step < self.total_steps:
             lr = self._lr(step)
             ds.set_lr(self.engine, lr)
-            finite = torch.ones((), dtype=torch.bool, device=self.device)
+            finite, data_s = torch.ones((), dtype=torch.bool, device=self.device), 0.0
             for _ in range(self.accum):  # each micro-batch: one batch of every task
                 loss = torch.zeros((), device=self.device)
                 for task, (source, weight) in enumerate(zip(batches, weights, strict=True)):
                     images, labels, _ = next(source)
+                    data_s += self.train_loaders[task].data_time
                     logits = self.engine(images.to(self.device, self.dtype), task).float()
                     losses = F.cross_entropy(
                         logits, labels, reduction="none", label_smoothing=cfg.label_smoothing
@@ -198,7 +199,7 @@ class MultiTaskTrainer:
                 finite &= torch.isfinite(loss.detach())
             step = self.progress.step = step + 1
             self.progress.wall_s = time.perf_counter() - start
-            timer.add(self.engine.train_batch_size() * len(batches), 0.0)
+            timer.add(self.engine.train_batch_size() * len(batches), data_s)
             save = self.checkpointer.wants_save(step)
             stop = self.checkpointer.stop_requested or step == cfg.stop_after
             bad, save, stop = _any_rank(not finite.item(), save, stop)

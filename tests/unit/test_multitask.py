@@ -88,3 +88,13 @@ def test_alpha_image_puts_tasks_side_by_side() -> None:
     image = alpha_image(alphas, cell=4)
     assert image.shape == (5 * 4, (3 * 2 + 2) * 4, 3)
     assert (image[:, 8:12] == 255).all()  # the gap between task 0 and task 1
+
+
+def test_task_roots_are_relative_to_data_root(tmp_path) -> None:
+    from data_pipeline.config import DataConfig
+    from train.tasks import task_data
+
+    data = DataConfig(root=str(tmp_path), batch_size=7)
+    assert task_data(data, "photo").root == str(tmp_path / "photo")
+    assert task_data(data, "/abs/x").root == "/abs/x"
+    assert task_data(data, "photo").batch_size == 7
