@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 SLURM_BASE_PORT = 20000
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_environ_before_init: dict[str, str | None] = {}
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,10 @@ def init(env: DistEnv) -> str:
     """Join the process group (nccl with a GPU, else gloo); return the device name to train on."""
     import deepspeed
 
-    os.environ.update(
-        RANK=str(env.rank),
-        WORLD_SIZE=str(env.world_size),
-        LOCAL_RANK=str(env.local_rank),
-        MASTER_ADDR=env.master_addr,
-        MASTER_PORT=str(env.master_port),
-    )
+    values = (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port)
+    for name, value in zip(RENDEZVOUS_VARIABLES, values, strict=True):
+        _environ_before_init.setdefault(name, os.environ.get(name))
+        os.environ[name] = str(value)
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
         backend, device = "nccl", f"cuda:{env.local_rank}"
@@ -121,6 +120,18 @@ def teardown(clean: bool = True) -> None:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
         _forget_deepspeed_groups()
+    _restore_environment()
+
+
+def _restore_environment() -> None:
+    """Undo `init`'s rendezvous variables, so that processes this one starts later (tests, a
+    sweep's local jobs) do not inherit a finished group's rank and port."""
+    while _environ_before_init:
+        name, value = _environ_before_init.popitem()
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _forget_deepspeed_groups() -> None:

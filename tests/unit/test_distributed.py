@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from train import distributed
 from train.distributed import DistEnv, first_host, from_environment
 
 
@@ -33,3 +36,15 @@ def test_first_host() -> None:
     assert first_host("node7") == "node7"
     assert first_host("a[1-3],b2") == "a1"
     assert first_host("cpu[09,11]") == "cpu09"
+
+
+def test_teardown_restores_the_rendezvous_variables(monkeypatch) -> None:
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("MASTER_ADDR", "kept")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    distributed.init(DistEnv(master_port=distributed.free_port()))
+    assert os.environ["RANK"] == "0" and os.environ["MASTER_ADDR"] == "127.0.0.1"
+    distributed.teardown()
+    assert os.environ["MASTER_ADDR"] == "kept"
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"} & set(os.environ)
