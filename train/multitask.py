@@ -113,6 +113,8 @@ class MultiTaskTrainer:
         torch.manual_seed(config.run.seed)
         model = build_model(config)
         self.total_params = models.count_params(model, trainable_only=False)
+        with torch.device("meta"):  # per image of one task
+            self.flops = models.flops_per_image(build_model(config), config.data.image_size)
         if config.transfer.source:
             init_from_source(
                 model, source_state(config.transfer.source), config.transfer.source_task
@@ -301,6 +303,7 @@ class MultiTaskTrainer:
             "params": self.total_params,
             "total_params": self.total_params,
             "trained_params": self.trained_params,
+            "flops": self.flops,
             "top1": float(np.mean([v["top1"] for v in per_task.values()])),
             "top5": float(np.mean([v["top5"] for v in per_task.values()])),
             "tasks": {
