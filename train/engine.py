@@ -16,7 +16,7 @@ from torch import nn
 from train.config import Config, OptimConfig
 from train.errors import BlockmixError
 
-NO_DECAY_GROUPS = ("bn", "logits")
+NO_DECAY_GROUPS = ("norm_templates", "bn", "logits")
 
 
 def accumulation_steps(config: Config, world_size: int) -> int:

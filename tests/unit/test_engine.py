@@ -71,7 +71,9 @@ def test_no_weight_decay_on_bn_logits_and_biases() -> None:
     decay, no_decay = optimizer_groups(groups, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     ids = {id(p) for p in no_decay["params"]}
-    assert groups["logits"] and all(id(p) in ids for p in groups["logits"] + groups["bn"])
+    undecayed = groups["logits"] + groups["bn"] + groups["norm_templates"]
+    assert groups["logits"] and groups["norm_templates"] and all(id(p) in ids for p in undecayed)
+    assert all(id(p) not in ids for p in groups["templates"])
     assert all(p.ndim > 1 for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 

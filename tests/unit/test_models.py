@@ -74,7 +74,7 @@ def test_one_hot_mixture_reproduces_independent_blocks(name):
             torch.testing.assert_close(tmix_params[key].grad, param.grad)
     for base_stage, stage in zip(baseline.stages, tmix.stages, strict=True):
         if stage.bank is not None:
-            grads = stage.bank.template_views(stage.bank.templates.grad)
+            grads = stage.bank.template_views(tuple(m.grad for m in stage.bank.matrices()))
             for position, block in enumerate(base_stage.blocks):
                 for pname, param in block.params.items():
                     torch.testing.assert_close(grads[pname][position], param.grad)

@@ -6,17 +6,19 @@ from torch import nn
 
 from train.models.layers import Block, TaskBatchNorm2d, TemplateBank
 
-GROUPS = ("templates", "logits", "bn", "heads", "other")
+GROUPS = ("templates", "norm_templates", "logits", "bn", "heads", "other")
 
 
 def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Trainable parameters by role: ``templates`` (bank templates, BN gamma/beta templates
-    included), ``logits`` (mixture logits/coefficients: no weight decay), ``bn`` (gamma/beta of
-    unshared layers: no weight decay), ``heads`` (per-task classifiers), ``other``."""
+    """Trainable parameters by role: ``templates`` (banks' kernel templates), ``norm_templates``
+    (banks' BN gamma/beta and bias templates: no weight decay), ``logits`` (mixture
+    logits/coefficients: no weight decay), ``bn`` (gamma/beta of unshared layers: no weight
+    decay), ``heads`` (per-task classifiers), ``other``."""
     role: dict[int, str] = {}
     for module in model.modules():
         if isinstance(module, TemplateBank):
             role[id(module.templates)] = "templates"
+            role[id(module.norm_templates)] = "norm_templates"
             role[id(module.logits)] = "logits"
         elif isinstance(module, TaskBatchNorm2d) and module.weight is not None:
             role[id(module.weight)] = role[id(module.bias)] = "bn"
@@ -38,7 +40,8 @@ def freeze_templates(model: nn.Module) -> None:
     """Stop training every bank's templates (transfer and adaptation train the rest)."""
     for module in model.modules():
         if isinstance(module, TemplateBank):
-            module.templates.requires_grad_(False)
+            for matrix in module.matrices():
+                matrix.requires_grad_(False)
 
 
 def share_logits_from(model: nn.Module, position: int) -> None:

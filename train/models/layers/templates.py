@@ -1,9 +1,10 @@
 """Template banks: K templates of one block shape mixed into the parameters of L positions.
 
-All parameter tensors of a block are flattened into one row, so the templates of a bank are one
-(K, P) matrix and all positions' parameters come from one contraction per forward:
+A block's kernels are flattened side by side into one row, so a bank's kernel templates are one
+(K, P) matrix and all positions' kernels come from one contraction per forward:
 ``alpha[task]`` (L, K) @ templates (K, P) -> (L, P), then cheap views per position and name
-(METHOD.md §1).
+(METHOD.md §1). The block's 1-d parameters (BN gamma/beta, biases) live in a second, small
+(K, P_norm) matrix mixed by the same alpha, so that the optimizer can leave them undecayed.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class MixingConfig:
 class TemplateBank(nn.Module):
     """K templates of one block shape, mixed per (task, position).
 
-    Parameters: ``templates`` (K, P), every parameter tensor of the block flattened side by side,
-    and ``logits`` (tasks, L, K), the mixture logits (or linear coefficients).
+    Parameters: ``templates`` (K, P), the block's kernels flattened side by side;
+    ``norm_templates`` (K, P_norm), its 1-d parameters (BN gamma/beta, biases); and ``logits``
+    (tasks, L, K), the mixture logits (or linear coefficients).
     """
 
     def __init__(
@@ -78,11 +80,15 @@ class TemplateBank(nn.Module):
                 f"L={num_positions}"
             )
         self.mixing = mixing or MixingConfig()
-        self.shapes = spec.shapes()
-        self.sizes = [math.prod(shape) for shape in self.shapes.values()]
+        shapes = spec.shapes()
+        kernels = {name: shape for name, shape in shapes.items() if len(shape) > 1}
+        norms = {name: shape for name, shape in shapes.items() if len(shape) <= 1}
+        self.layout = (kernels, norms)  # the columns of ``templates`` and ``norm_templates``
+        self.shapes = kernels | norms  # the order in which `_Mix` returns a position's tensors
         self.num_templates = num_templates
         self.num_positions = num_positions
-        self.templates = nn.Parameter(torch.empty(num_templates, sum(self.sizes)))
+        self.templates = nn.Parameter(torch.empty(num_templates, _width(kernels)))
+        self.norm_templates = nn.Parameter(torch.empty(num_templates, _width(norms)))
         self.logits = nn.Parameter(torch.empty(num_tasks, num_positions, num_templates))
         self.shared_from = num_positions  # positions from here on use task 0's logits
         self.reset_parameters(spec)
@@ -105,14 +111,20 @@ class TemplateBank(nn.Module):
                 positions = torch.arange(self.num_positions)
                 self.logits[:, positions, positions % self.num_templates] = hot
 
-    def template_views(self, flat: Tensor | None = None) -> dict[str, Tensor]:
-        """Name -> view of shape (K, *shape) into ``templates`` (or into ``flat``, e.g. its
-        gradient). Views share storage: write to them under ``torch.no_grad()``."""
-        flat = self.templates if flat is None else flat
-        views, start = {}, 0
-        for (name, shape), size in zip(self.shapes.items(), self.sizes, strict=True):
-            views[name] = flat[:, start : start + size].view(self.num_templates, *shape)
-            start += size
+    def matrices(self) -> tuple[Tensor, Tensor]:
+        """The template matrices: kernels, then 1-d parameters."""
+        return self.templates, self.norm_templates
+
+    def template_views(self, matrices: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """Name -> view of shape (K, *shape) into the template matrices (or into ``matrices``,
+        e.g. their gradients). Views share storage: write to them under ``torch.no_grad()``."""
+        views = {}
+        for matrix, shapes in zip(matrices or self.matrices(), self.layout, strict=True):
+            start = 0
+            for name, shape in shapes.items():
+                size = math.prod(shape)
+                views[name] = matrix[:, start : start + size].view(self.num_templates, *shape)
+                start += size
         return views
 
     def alpha(self, task: int = 0) -> Tensor:
@@ -126,9 +138,9 @@ class TemplateBank(nn.Module):
         return torch.softmax(logits / self.mixing.temperature, dim=-1)
 
     def forward(self, task: int = 0) -> list[dict[str, Tensor]]:
-        """Every position's parameters for ``task`` from one (L, K) @ (K, P) contraction."""
-        shapes = tuple(self.shapes.values())
-        parts = iter(_Mix.apply(self.alpha(task), self.templates, self.sizes, shapes))
+        """Every position's parameters for ``task``: one (L, K) @ (K, P) contraction for the
+        kernels and one for the small 1-d parameter matrix."""
+        parts = iter(_Mix.apply(self.alpha(task), self.layout, *self.matrices()))
         return [{name: next(parts) for name in self.shapes} for _ in range(self.num_positions)]
 
     def mix_naive(self, task: int = 0) -> list[dict[str, Tensor]]:
@@ -147,13 +159,20 @@ class TemplateBank(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"templates={self.num_templates}, positions={self.num_positions}, "
-            f"tasks={self.logits.shape[0]}, params_per_template={self.templates.shape[1]}, "
+            f"tasks={self.logits.shape[0]}, "
+            f"params_per_template={self.templates.shape[1] + self.norm_templates.shape[1]}, "
             f"coefficients={self.mixing.coefficients}"
         )
 
 
+def _width(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Columns of a template matrix holding ``shapes`` side by side."""
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
 class _Mix(torch.autograd.Function):
-    """alpha (L, K) @ templates (K, P), returned as per-position, per-tensor views.
+    """alpha (L, K) @ each template matrix (K, P_m), returned as per-position, per-tensor views
+    (per position: the tensors of every matrix in ``layout`` order).
 
     The backward works tensor by tensor: it stacks one tensor's gradients of all positions
     (L, P_n) and applies both GEMMs while that block is still in cache, instead of autograd's
@@ -161,31 +180,43 @@ class _Mix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, alpha, templates, sizes, shapes):  # type: ignore[override]
-        ctx.save_for_backward(alpha, templates)
-        ctx.sizes = sizes
-        mixed = alpha @ templates
+    def forward(ctx, alpha, layout, *matrices):  # type: ignore[override]
+        ctx.save_for_backward(alpha, *matrices)
+        ctx.layout = layout
+        mixed = [alpha @ matrix for matrix in matrices]
         return tuple(
             part.view(shape)
-            for row in mixed
-            for part, shape in zip(row.split(sizes), shapes, strict=True)
+            for position in range(alpha.shape[0])
+            for rows, shapes in zip(mixed, layout, strict=True)
+            for part, shape in zip(
+                rows[position].split([math.prod(s) for s in shapes.values()]),
+                shapes.values(),
+                strict=True,
+            )
         )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):  # type: ignore[override]
-        alpha, templates = ctx.saved_tensors
-        need_alpha, need_templates = ctx.needs_input_grad[:2]
+        alpha, *matrices = ctx.saved_tensors
+        need_alpha, _, *need_matrices = ctx.needs_input_grad
         grad_alpha = torch.zeros_like(alpha) if need_alpha else None
-        grad_templates = torch.empty_like(templates) if need_templates else None
-        per_position = len(ctx.sizes)
-        start = 0
-        for index, size in enumerate(ctx.sizes):
-            stacked = torch.stack([g.reshape(-1) for g in grads[index::per_position]])
-            columns = slice(start, start + size)
-            if need_alpha:
-                grad_alpha.addmm_(stacked, templates[:, columns].T)
-            if need_templates:
-                grad_templates[:, columns] = alpha.T @ stacked
-            start += size
-        return grad_alpha, grad_templates, None, None
+        grad_matrices = [
+            torch.empty_like(m) if need else None
+            for m, need in zip(matrices, need_matrices, strict=True)
+        ]
+        per_position = sum(len(shapes) for shapes in ctx.layout)
+        index = 0
+        for matrix, grad_matrix, shapes in zip(matrices, grad_matrices, ctx.layout, strict=True):
+            start = 0
+            for shape in shapes.values():
+                size = math.prod(shape)
+                stacked = torch.stack([g.reshape(-1) for g in grads[index::per_position]])
+                columns = slice(start, start + size)
+                if need_alpha:
+                    grad_alpha.addmm_(stacked, matrix[:, columns].T)
+                if grad_matrix is not None:
+                    grad_matrix[:, columns] = alpha.T @ stacked
+                start += size
+                index += 1
+        return grad_alpha, None, *grad_matrices
