@@ -28,16 +28,18 @@ from train.config import Config, flat_dict, save_config
 from train.errors import BlockmixError
 from train.loggers import Logger, NullLogger, TensorBoardLogger, heatmap
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
-from train.schedules import warmup_cosine
 from train.tasks import task_data
 from train.trainer import (
     CONFIG_FILE,
     RESULTS_FILE,
     Progress,
-    _any_rank,
     _prefixed,
     _progress_bar,
     _seed_rank,
+    gathered,
+    learning_rate,
+    non_finite_error,
+    step_boundary,
 )
 
 ALPHA_FILES = ("alpha.json", "alpha.csv")
@@ -182,7 +184,7 @@ class MultiTaskTrainer:
         bar = _progress_bar(self.env.is_main and cfg.progress, self.total_steps, step)
         start = time.perf_counter() - self.progress.wall_s
         while step < self.total_steps:
-            lr = self._lr(step)
+            lr = learning_rate(self.config, step, self.total_steps)
             ds.set_lr(self.engine, lr)
             finite, data_s = torch.ones((), dtype=torch.bool, device=self.device), 0.0
             for _ in range(self.accum):  # each micro-batch: one batch of every task
@@ -202,11 +204,9 @@ class MultiTaskTrainer:
             step = self.progress.step = step + 1
             self.progress.wall_s = time.perf_counter() - start
             timer.add(self.engine.train_batch_size() * len(batches), data_s)
-            save = self.checkpointer.wants_save(step)
-            stop = self.checkpointer.stop_requested or step == cfg.stop_after
-            bad, save, stop = _any_rank(not finite.item(), save, stop)
+            bad, save, stop = step_boundary(self.checkpointer, step, cfg.stop_after, finite)
             if bad:
-                raise BlockmixError(f"loss is not finite at step {step}; stopping")
+                raise non_finite_error(self.checkpointer, step)
             if step % cfg.log_every == 0 or step == self.total_steps:
                 images_per_s.append(self._log_train(step, lr, timer))
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
@@ -249,16 +249,6 @@ class MultiTaskTrainer:
         finally:
             module.train()
 
-    def _lr(self, step: int) -> float:
-        s = self.config.schedule
-        return warmup_cosine(
-            step,
-            lr=self.config.optim.lr,
-            total_steps=self.total_steps,
-            warmup_steps=s.warmup_steps,
-            min_lr_ratio=s.min_lr_ratio,
-        )
-
     def _log_train(self, step: int, lr: float, timer: StepTimer) -> float:
         scalars: dict[str, float] = {"train/lr": lr, "train/epoch": step / self.steps_per_epoch}
         for task in range(self.num_sources):
@@ -281,7 +271,7 @@ class MultiTaskTrainer:
     def _log_alphas(self, step: int) -> None:
         from train.models import alpha_matrices
 
-        alphas = alpha_matrices(self.engine.module)
+        alphas = gathered(self.engine, alpha_matrices)
         if not alphas:
             return
         self.logger.log_alphas(alphas, step)
@@ -326,9 +316,14 @@ class MultiTaskTrainer:
             results.update(self._adapt(step))
         results["wall_time_s"] = self.progress.wall_s
         self.logger.log_hparams(flat_dict(self.config), {"hparams/top1": results["top1"]})
+
+        def write_alphas(module: nn.Module) -> None:
+            if self.env.is_main:
+                for name in ALPHA_FILES:
+                    write_alpha(module, self.run_dir / name)
+
+        gathered(self.engine, write_alphas)  # a collective under ZeRO-3: every rank enters
         if self.env.is_main:
-            for name in ALPHA_FILES:
-                write_alpha(self.engine.module, self.run_dir / name)
             (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
             self._print(
                 json.dumps({k: results[k] for k in ("top1", "trained_params", "total_params")})

@@ -121,7 +121,7 @@ class Trainer:
         bar = _progress_bar(self.env.is_main and cfg.progress, self.total_steps, step)
         start = time.perf_counter() - self.progress.wall_s
         while step < self.total_steps:
-            lr = self._lr(step)
+            lr = learning_rate(self.config, step, self.total_steps)
             ds.set_lr(self.engine, lr)
             finite, data_s = torch.ones((), dtype=torch.bool, device=self.device), 0.0
             for _ in range(self.accum):  # the micro-batches of one optimizer step
@@ -141,9 +141,9 @@ class Trainer:
             timer.add(self.engine.train_batch_size(), data_s)
             if self.ema is not None:
                 self.ema.update(self.engine.module)
-            bad, save, stop = _any_rank(not finite.item(), *self._wants_save_and_stop(step))
+            bad, save, stop = step_boundary(self.checkpointer, step, cfg.stop_after, finite)
             if bad:
-                self._non_finite(step)
+                raise non_finite_error(self.checkpointer, step)
             if step % cfg.log_every == 0 or step == self.total_steps:
                 images_per_s.append(self._log_train(step, lr, timer, bar))
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
@@ -183,20 +183,6 @@ class Trainer:
         while True:
             yield from self.train_loader
 
-    def _lr(self, step: int) -> float:
-        schedule = self.config.schedule
-        return warmup_cosine(
-            step,
-            lr=self.config.optim.lr,
-            total_steps=self.total_steps,
-            warmup_steps=schedule.warmup_steps,
-            min_lr_ratio=schedule.min_lr_ratio,
-        )
-
-    def _wants_save_and_stop(self, step: int) -> tuple[bool, bool]:
-        stop = self.checkpointer.stop_requested or step == self.config.train.stop_after
-        return self.checkpointer.wants_save(step), stop
-
     def _log_train(self, step: int, lr: float, timer: StepTimer, bar: Any) -> float:
         train = self.train_metrics.compute()
         self.train_metrics.reset()
@@ -210,20 +196,13 @@ class Trainer:
         )
         return perf["images_per_s"]
 
-    def _non_finite(self, step: int) -> None:
-        latest = self.checkpointer.latest()
-        kept = (
-            f"the last good checkpoint is {latest[0]}" if latest else "no checkpoint was saved yet"
-        )
-        raise BlockmixError(f"loss is not finite at step {step}; stopping ({kept})")
-
     def _validate(self, step: int) -> dict[str, float]:
         """Evaluate; log the val scalars and every bank's alpha matrices."""
         from train.models import alpha_matrices
 
         val = self.evaluate()
         self.logger.log(_prefixed("val", val), step)
-        self.logger.log_alphas(self._gathered(alpha_matrices), step)
+        self.logger.log_alphas(gathered(self.engine, alpha_matrices), step)
         return val
 
     def _finish(self, images_per_s: list[float]) -> dict[str, Any]:
@@ -251,14 +230,42 @@ class Trainer:
             (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
         return results
 
-    def _gathered(self, read: Any) -> Any:
-        """``read(module)`` with ZeRO-3's partitioned parameters gathered on every rank."""
-        import deepspeed
 
-        params = list(self.engine.module.parameters())
-        enabled = self.engine.zero_optimization_stage() == 3
-        with deepspeed.zero.GatheredParameters(params, enabled=enabled):
-            return read(self.engine.module)
+def learning_rate(config: Config, step: int, total_steps: int) -> float:
+    """The scheduled rate of ``step`` (a pure function of the step)."""
+    schedule = config.schedule
+    return warmup_cosine(
+        step,
+        lr=config.optim.lr,
+        total_steps=total_steps,
+        warmup_steps=schedule.warmup_steps,
+        min_lr_ratio=schedule.min_lr_ratio,
+    )
+
+
+def step_boundary(
+    checkpointer: Checkpointer, step: int, stop_after: int, finite: torch.Tensor
+) -> tuple[bool, bool, bool]:
+    """(loss not finite, save, stop) after ``step``, agreed by all ranks in one collective."""
+    stop = checkpointer.stop_requested or step == stop_after
+    return _any_rank(not finite.item(), checkpointer.wants_save(step), stop)
+
+
+def non_finite_error(checkpointer: Checkpointer, step: int) -> BlockmixError:
+    """The error that stops a run whose loss became non-finite, naming what was kept."""
+    latest = checkpointer.latest()
+    kept = f"the last good checkpoint is {latest[0]}" if latest else "no checkpoint was saved yet"
+    return BlockmixError(f"loss is not finite at step {step}; stopping ({kept})")
+
+
+def gathered(engine: Any, read: Any) -> Any:
+    """``read(module)`` with ZeRO-3's partitioned parameters gathered on every rank."""
+    import deepspeed
+
+    params = list(engine.module.parameters())
+    enabled = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(params, enabled=enabled):
+        return read(engine.module)
 
 
 def _seed_rank(seed: int, rank: int) -> None:
