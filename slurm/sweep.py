@@ -164,7 +164,7 @@ def make_plan(spec: SweepSpec, executor: str | None = None) -> Plan:
     for model in models:
         mc = base.model
         registered = model_config(
-            model, num_classes=mc.num_classes, num_tasks=mc.num_tasks, **mc.options
+            model, num_classes=mc.num_classes, num_tasks=mc.num_tasks, **mc.build_kwargs()
         )
         plain_params = config_params(registered)
         variants: list[tuple[str, str | None, tuple[str, ...], int]] = [

@@ -8,7 +8,11 @@ by ``key=value`` overrides from the command line. Every layer is type-checked ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from data_pipeline.config import DataConfig
 from train.errors import BlockmixError
+from train.models.layers.templates import MixingConfig
 from train.tasks import AdaptConfig, MultiTaskConfig, TaskConfig, TransferConfig, validate_tasks
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -34,19 +39,40 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    """Arguments of `train.models.build`; ``options`` passes extra builder keywords."""
+    """Arguments of `train.models.build`.
+
+    ``mixing``: how template variants mix their templates (`MixingConfig`: coefficients, init,
+    temperature, init_scale, identity_logit, rescale_templates). ``templates``: templates per
+    bank, one int for all banks or a list with one per bank (``None``: one per position; the
+    ``deeper``/``compact`` modes choose their own). ``options``: the family's sizes
+    (`blockmix models` lists them), checked by name and type when the config is loaded.
+    """
 
     name: str = "isometric"
     variant: str = "baseline"
     mode: str | None = None
     num_classes: int = 1000
     num_tasks: int = 1
+    templates: Any = None
+    mixing: MixingConfig = field(default_factory=MixingConfig)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """The keywords of `train.models.build` beyond name, variant, classes, mode, tasks."""
+        templates = self.templates
+        if isinstance(templates, list):
+            templates = tuple(templates)
+        extra = {"templates": templates} if templates is not None else {}
+        return {**self.options, **extra, "mixing": self.mixing}
 
 
 @dataclass
 class OptimConfig:
-    """The optimizer: ``sgd`` (momentum), ``adamw`` or ``lamb``; ``lr`` is the peak rate."""
+    """The optimizer: ``sgd`` (momentum), ``adamw`` or ``lamb``; ``lr`` is the peak rate.
+
+    ``logits_lr_scale`` multiplies the rate of the mixture logits (their own group, never
+    decayed); see README "Choosing the defaults" for how its default was measured.
+    """
 
     name: str = "sgd"
     lr: float = 0.1
@@ -55,6 +81,7 @@ class OptimConfig:
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    logits_lr_scale: float = 1.0
 
 
 @dataclass
@@ -142,18 +169,20 @@ def validate(config: Config) -> None:
             raise BlockmixError(f"{key}={value!r} is not one of: {names}")
     if config.model.mode is not None and config.model.variant != "tmix":
         raise BlockmixError("model.mode applies to model.variant=tmix only; drop it or set tmix")
+    _validate_model(config.model)
     if config.train.steps <= 0 and config.train.epochs <= 0:
         raise BlockmixError("train.steps or train.epochs must be > 0")
     positive = {
         "model.num_classes": config.model.num_classes,
         "model.num_tasks": config.model.num_tasks,
         "optim.lr": config.optim.lr,
+        "optim.logits_lr_scale": config.optim.logits_lr_scale,
         "checkpoint.keep": config.checkpoint.keep,
         "train.log_every": config.train.log_every,
     }
     for key, value in positive.items():
-        if value <= 0:
-            raise BlockmixError(f"{key} must be > 0, got {value}")
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise BlockmixError(f"{key} must be a finite number > 0, got {value}")
     non_negative = {
         "train.global_batch": config.train.global_batch,
         "train.grad_clip": config.train.grad_clip,
@@ -182,6 +211,81 @@ def validate(config: Config) -> None:
     validate_tasks(
         config.tasks, config.multitask, config.transfer, config.adapt, config.model.variant
     )
+
+
+# Model settings with their own typed keys: ``model.options`` may not shadow them.
+_MODEL_KEYS = ("variant", "num_classes", "num_tasks", "templates", "mixing")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    """Family sizes by name and type, ``templates``, and the family's own checks."""
+    from train import models
+
+    if model.name not in models.list_models():
+        raise BlockmixError(
+            f"model.name={model.name!r} is not a registered model; valid: "
+            f"{', '.join(models.list_models())}"
+        )
+    if model.templates is not None:
+        values = model.templates if isinstance(model.templates, list) else [model.templates]
+        if not values or not all(_is_int(v) and v >= 1 for v in values):
+            raise BlockmixError(
+                f"model.templates must be an int >= 1 or a list of them (one per bank), got "
+                f"{model.templates!r}"
+            )
+        if model.mode is not None:
+            raise BlockmixError(
+                f"model.templates applies without model.mode (model.mode={model.mode} chooses "
+                "the templates of its matched pair); drop one of them"
+            )
+    family = type(models.model_config(model.name))
+    hints = typing.get_type_hints(family)
+    names = [f.name for f in fields(family) if f.name not in _MODEL_KEYS]
+    for key, value in model.options.items():
+        if key in _MODEL_KEYS:
+            raise BlockmixError(f"model.options.{key} shadows model.{key}: set model.{key}")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise BlockmixError(
+                f"model.options.{key} is not a size of {model.name}{hint} "
+                f"(valid: {', '.join(names)})"
+            )
+        if not _matches(value, hints[key]):
+            raise BlockmixError(
+                f"model.options.{key}={value!r} is not of type {_type_name(hints[key])}"
+            )
+    models.model_config(
+        model.name, model.variant, model.num_classes, None, model.num_tasks, **model.build_kwargs()
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a family field's annotation (int, float, bool, str, tuples
+    given as lists, and unions of these)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        items = args[:1] * len(value) if args[-1:] == (Ellipsis,) else args
+        return len(items) == len(value) and all(map(_matches, value, items))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return _is_int(value) or isinstance(value, float)
+    if hint is int:
+        return _is_int(value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def named_configs() -> list[str]:

@@ -76,21 +76,28 @@ def deepspeed_config(
 
 
 def optimizer_groups(
-    groups: dict[str, list[nn.Parameter]], weight_decay: float
+    groups: dict[str, list[nn.Parameter]], weight_decay: float, logits_lr_scale: float = 1.0
 ) -> list[dict[str, Any]]:
-    """Two optimizer groups: decayed weights; BN, mixture logits and biases without decay."""
+    """Optimizer groups: decayed weights; BN and biases without decay; and, where the model has
+    mixture logits, a third group for them: no decay, ``lr_scale`` times the scheduled rate."""
     decay, no_decay = [], []
     for name, params in groups.items():
+        if name == "logits":
+            continue
         for param in params:
             if not param.requires_grad:
                 continue
             (no_decay if name in NO_DECAY_GROUPS or param.ndim <= 1 else decay).append(param)
+    logits = [param for param in groups.get("logits", []) if param.requires_grad]
     # DeepSpeed's elastic ZeRO-1/2 checkpoints read a group-level "step" (torch keeps it per
     # tensor); a constant one lets them reshard any torch optimizer's state.
-    return [
-        {"params": decay, "weight_decay": weight_decay, "step": 0},
-        {"params": no_decay, "weight_decay": 0.0, "step": 0},
+    out = [
+        {"params": decay, "weight_decay": weight_decay, "step": 0, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "step": 0, "lr_scale": 1.0},
     ]
+    if logits:
+        out.append({"params": logits, "weight_decay": 0.0, "step": 0, "lr_scale": logits_lr_scale})
+    return out
 
 
 def build_optimizer(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer:
@@ -116,7 +123,10 @@ def initialize(
 
     world_size = torch.distributed.get_world_size()
     on_gpu = torch.cuda.is_available()
-    optimizer = build_optimizer(optimizer_groups(groups, config.optim.weight_decay), config.optim)
+    optim = config.optim
+    optimizer = build_optimizer(
+        optimizer_groups(groups, optim.weight_decay, optim.logits_lr_scale), optim
+    )
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -126,9 +136,10 @@ def initialize(
 
 
 def set_lr(engine: Any, lr: float) -> None:
-    """Set the rate of every optimizer group (the schedule is computed by the caller)."""
+    """Set every optimizer group's rate to ``lr`` times its ``lr_scale`` (the schedule is
+    computed by the caller)."""
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def input_dtype(engine: Any) -> torch.dtype:

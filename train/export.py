@@ -72,7 +72,9 @@ def evaluate_weights(config: Config, weights: str | Path) -> dict[str, float]:
     from train.metrics import ClassificationMetrics, evaluate
 
     mc = config.model
-    model = models.build(mc.name, mc.variant, mc.num_classes, mc.mode, mc.num_tasks, **mc.options)
+    model = models.build(
+        mc.name, mc.variant, mc.num_classes, mc.mode, mc.num_tasks, **mc.build_kwargs()
+    )
     load_weights(model, weights).eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = DaliLoader(config.data, train=False, device_id=0 if device == "cuda" else None)

@@ -77,9 +77,11 @@ def build_model(config: Config) -> nn.Module:
     if config.adapt.target:
         classes.append(classes[config.adapt.source_task])
     if config.multitask.independent:
-        nets = [models.build(mc.name, "baseline", n, None, 1, **mc.options) for n in classes]
+        nets = [models.build(mc.name, "baseline", n, None, 1, **mc.build_kwargs()) for n in classes]
         return IndependentNetworks(nets)
-    model = models.build(mc.name, mc.variant, tuple(classes), mc.mode, len(classes), **mc.options)
+    model = models.build(
+        mc.name, mc.variant, tuple(classes), mc.mode, len(classes), **mc.build_kwargs()
+    )
     if config.multitask.share_logits_from >= 0:
         models.share_logits_from(model, config.multitask.share_logits_from)
     return model

@@ -67,7 +67,7 @@ class Trainer:
         torch.manual_seed(config.run.seed)  # identical initial weights on every rank
         mc = config.model
         build_args = dict(name=mc.name, variant=mc.variant, num_classes=mc.num_classes)
-        build_args.update(mode=mc.mode, num_tasks=mc.num_tasks, **mc.options)
+        build_args.update(mode=mc.mode, num_tasks=mc.num_tasks, **mc.build_kwargs())
         model = models.build(**build_args)
         with torch.device("meta"):
             self.flops = models.flops_per_image(models.build(**build_args), config.data.image_size)

@@ -24,7 +24,6 @@ def test_overrides_are_typed_and_applied() -> None:
             "run.seed=5",
             "checkpoint.every=3",
             "data.scale=[0.5,1.0]",
-            "model.options.templates=2",
         ],
     )
     assert isinstance(config, Config)
@@ -35,7 +34,6 @@ def test_overrides_are_typed_and_applied() -> None:
         3,
     )
     assert config.data.scale == (0.5, 1.0) and config.data.root == "/data/imagenet"
-    assert config.model.options["templates"] == 2
     assert config.model.options["width"] == 32  # the named config's value survives
 
 
@@ -106,3 +104,65 @@ def test_base_chain_and_file_errors(tmp_path: Path) -> None:
         load_config(str(bad), [ROOT])
     with pytest.raises(BlockmixError, match=r"missing\.yaml"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_method_settings_are_typed_config() -> None:
+    config = load_config(
+        "demo",
+        [
+            ROOT,
+            "model.variant=tmix",
+            "model.mixing.coefficients=linear",
+            "model.mixing.init=orthogonal",
+            "model.mixing.temperature=0.5",
+            "model.mixing.init_scale=0.1",
+            "model.mixing.identity_logit=2",
+            "model.mixing.rescale_templates=false",
+            "model.templates=[3]",
+            "optim.logits_lr_scale=10",
+        ],
+    )
+    mixing = config.model.mixing
+    assert (mixing.coefficients, mixing.init, mixing.temperature) == ("linear", "orthogonal", 0.5)
+    assert (mixing.init_scale, mixing.identity_logit, mixing.rescale_templates) == (0.1, 2.0, False)
+    assert config.optim.logits_lr_scale == 10.0
+    assert config.model.build_kwargs()["templates"] == (3,)
+    assert config.model.build_kwargs()["mixing"] is mixing
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.mixing.init=bogus", r"model\.mixing\.init: unknown 'bogus'"),
+        ("model.mixing.coefficients=sigmoid", r"model\.mixing\.coefficients"),
+        ("model.mixing.temperature=0", r"model\.mixing\.temperature"),
+        ("model.mixing.bogus=1", r"model\.mixing\.bogus"),
+        ("model.options.widht=3", r"model\.options\.widht .*did you mean width\?"),
+        ("model.options.width=abc", r"model\.options\.width='abc' is not of type int"),
+        ("model.options.width_multiplier=wide", r"model\.options\.width_multiplier"),
+        ("model.options.variant=tmix", r"model\.options\.variant shadows model\.variant"),
+        ("model.options.num_classes=5", r"model\.options\.num_classes shadows"),
+        ("model.options.templates=2", r"model\.options\.templates shadows model\.templates"),
+        ("model.options.blocks=0", r"isometric sizes must be >= 1"),
+        ("model.templates=0", r"model\.templates must be an int >= 1"),
+        ("model.templates=[2,3]", r"model\.templates: give one int or 1 values"),
+        ("optim.logits_lr_scale=0", r"optim\.logits_lr_scale"),
+        ("optim.lr=nan", r"optim\.lr must be a finite number"),
+        ("model.name=resnet99", r"model\.name='resnet99' is not a registered model"),
+    ],
+)
+def test_bad_model_settings_fail_when_loading(override: str, message: str) -> None:
+    with pytest.raises(BlockmixError, match=message):
+        load_config("demo", [ROOT, "model.variant=tmix", override])
+
+
+def test_templates_and_a_matched_mode_exclude_each_other() -> None:
+    with pytest.raises(BlockmixError, match=r"model\.templates applies without model\.mode"):
+        load_config("demo", [ROOT, "model.variant=tmix", "model.mode=deeper", "model.templates=2"])
+
+
+def test_resnet_depths_are_checked_as_int_tuples() -> None:
+    config = load_config("imagenet_resnet18", [ROOT, "model.options.depths=[1,1,1,1]"])
+    assert config.model.options["depths"] == [1, 1, 1, 1]
+    with pytest.raises(BlockmixError, match=r"model\.options\.depths"):
+        load_config("imagenet_resnet18", [ROOT, "model.options.depths=[1,x,1,1]"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.config import load_config
+from train.config import OptimConfig, load_config
 from train.engine import (
     EMA,
     Lamb,
@@ -68,14 +68,31 @@ def test_no_weight_decay_on_bn_logits_and_biases() -> None:
     model = build("isometric", "tmix", num_classes=10, width=8, expansion=2, blocks=3,
                   patch_size=4, head_width=16)  # fmt: skip
     groups = param_groups(model)
-    decay, no_decay = optimizer_groups(groups, 0.05)
+    decay, no_decay, logits = optimizer_groups(groups, 0.05, logits_lr_scale=10.0)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert logits["weight_decay"] == 0.0 and logits["lr_scale"] == 10.0
+    assert [id(p) for p in logits["params"]] == [id(p) for p in groups["logits"]]
     ids = {id(p) for p in no_decay["params"]}
-    undecayed = groups["logits"] + groups["bn"] + groups["norm_templates"]
+    undecayed = groups["bn"] + groups["norm_templates"]
     assert groups["logits"] and groups["norm_templates"] and all(id(p) in ids for p in undecayed)
     assert all(id(p) not in ids for p in groups["templates"])
     assert all(p.ndim > 1 for p in decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    counted = len(decay["params"]) + len(no_decay["params"]) + len(logits["params"])
+    assert counted == len(list(model.parameters()))
+
+
+def test_baselines_have_no_logits_group_and_set_lr_scales_the_logits() -> None:
+    from types import SimpleNamespace
+
+    from train.engine import set_lr
+    from train.models import build, param_groups
+
+    sizes = dict(num_classes=10, width=8, expansion=2, blocks=3, patch_size=4, head_width=16)
+    assert len(optimizer_groups(param_groups(build("isometric", **sizes)), 0.05, 3.0)) == 2
+    groups = optimizer_groups(param_groups(build("isometric", "tmix", **sizes)), 0.05, 3.0)
+    optimizer = build_optimizer(groups, OptimConfig())
+    set_lr(SimpleNamespace(optimizer=optimizer), 0.5)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.5, 0.5, 1.5]
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw", "lamb"])

@@ -1,10 +1,13 @@
 """Template banks: one batched contraction equals the naive per-layer sum; init choices;
 per-task BatchNorm statistics."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from train.errors import BlockmixError
+from train.models import list_models, model_config
 from train.models.layers import MixingConfig, TaskBatchNorm2d, TemplateBank
 from train.models.resnet import BasicBlock
 
@@ -89,3 +92,48 @@ def test_batchnorm_statistics_are_per_task():
     norm.eval()
     x = torch.randn(2, 3, 4, 4)
     assert not torch.allclose(norm(x, task=0), norm(x, task=1))
+
+
+def _he_std(kernel: torch.Tensor) -> float:
+    """The standard deviation the baseline gives a conv kernel of this shape (He, fan-out)."""
+    fan_out = kernel.shape[0] * kernel[0, 0].numel()
+    return (2.0 / fan_out) ** 0.5
+
+
+@pytest.mark.parametrize("coefficients", ["softmax", "linear"])
+@pytest.mark.parametrize("mode", ["deeper", "compact"])
+@pytest.mark.parametrize("name", list_models())
+def test_default_init_gives_every_position_a_fair_start(name, mode, coefficients):
+    """What each position receives starts like the baseline's layer (He std within 10%), and a
+    bank of K templates starts as min(K, positions) different blocks, not one repeated block."""
+    mixing = MixingConfig(coefficients=coefficients)
+    torch.manual_seed(0)
+    model = model_config(name, "tmix", mode=mode, mixing=mixing).build()
+    banks = [m for m in model.modules() if isinstance(m, TemplateBank)]
+    assert banks
+    for bank in banks:
+        with torch.no_grad():
+            positions = bank()
+        for params in positions:
+            for tensor in (t for t in params.values() if t.dim() == 4):
+                assert tensor.std().item() == pytest.approx(_he_std(tensor), rel=0.1)
+        kernels = [torch.cat([t.flatten() for t in p.values() if t.dim() == 4]) for p in positions]
+        distinct: list[torch.Tensor] = []
+        for kernel in kernels:
+            if not any(torch.allclose(kernel, seen, rtol=0.05, atol=0.0) for seen in distinct):
+                distinct.append(kernel)
+        assert len(distinct) >= min(bank.num_templates, bank.num_positions)
+
+
+def test_uniform_init_is_the_symmetric_start_at_the_he_scale():
+    torch.manual_seed(0)
+    mixing = MixingConfig(init="uniform")
+    bank = TemplateBank(BasicBlock(16, 16), 4, 8, 1, mixing)
+    with torch.no_grad():
+        kernels = [p["conv1"] for p in bank()]
+    assert kernels[0].std().item() == pytest.approx(_he_std(kernels[0]), rel=0.1)
+    assert all(torch.allclose(k, kernels[0], atol=0.05 * kernels[0].std().item()) for k in kernels)
+    unscaled = TemplateBank(BasicBlock(16, 16), 4, 8, 1, replace(mixing, rescale_templates=False))
+    with torch.no_grad():
+        shrunk = unscaled()[0]["conv1"]
+    assert shrunk.std().item() == pytest.approx(_he_std(shrunk) / 2, rel=0.1)  # 1/sqrt(K)

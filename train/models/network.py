@@ -53,7 +53,9 @@ class ModelConfig(ABC):
             raise BlockmixError("width_multiplier must be > 0 and channel_divisor >= 1")
         banks = self.bank_templates()
         if any(k is not None and k < 1 for k in banks):
-            raise BlockmixError(f"templates: every bank needs >= 1 template, got {self.templates}")
+            raise BlockmixError(
+                f"model.templates: every bank needs >= 1 template, got {self.templates}"
+            )
 
     @abstractmethod
     def positions(self) -> tuple[int, ...]:
@@ -83,7 +85,7 @@ class ModelConfig(ABC):
             per_stage = tuple(self.templates)
             if len(per_stage) != len(positions):
                 raise BlockmixError(
-                    f"templates: give one int or {len(positions)} values (one per stage), "
+                    f"model.templates: give one int or {len(positions)} values (one per stage), "
                     f"got {self.templates}"
                 )
         return tuple(

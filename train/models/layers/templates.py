@@ -24,13 +24,17 @@ INITS = ("uniform", "identity", "orthogonal")
 
 @dataclass(frozen=True)
 class MixingConfig:
-    """How positions combine templates.
+    """How positions combine templates (the run config's ``model.mixing``).
 
     ``coefficients``: ``softmax`` (alpha = softmax(xi / temperature), the default) or ``linear``
-    (unconstrained real coefficients, Savarese & Maire 2019). ``init``: ``uniform`` (small random
-    logits in +-init_scale), ``identity`` (position l mostly on template l mod K:
-    ``identity_logit`` for softmax, exactly one-hot for linear) or ``orthogonal`` (orthogonal
-    across positions); ``None`` picks ``uniform`` for softmax and ``orthogonal`` for linear.
+    (unconstrained real coefficients, Savarese & Maire 2019). ``init``: ``identity`` (position l
+    mostly on template l mod K: logit ``identity_logit`` for softmax, exactly one-hot for linear),
+    ``uniform`` (small random logits in +-init_scale: every position starts as the same block,
+    the symmetric start) or ``orthogonal`` (coefficients orthogonal across positions, each
+    position's row scaled to unit norm); ``None`` picks ``identity``. ``rescale_templates``:
+    scale the templates so that the kernels every position receives at initialisation have the
+    baseline layer's He (fan-out) standard deviation (a mixture of K independent templates has
+    ``|alpha_l|_2`` times a template's).
     """
 
     coefficients: str = "softmax"
@@ -38,23 +42,24 @@ class MixingConfig:
     temperature: float = 1.0
     init_scale: float = 0.01
     identity_logit: float = 4.0
+    rescale_templates: bool = True
 
     def __post_init__(self) -> None:
         if self.coefficients not in COEFFICIENTS:
             raise BlockmixError(
-                f"mixing.coefficients: unknown {self.coefficients!r}; use one of {COEFFICIENTS}"
+                f"model.mixing.coefficients: unknown {self.coefficients!r}; use one of {COEFFICIENTS}"
             )
         if self.init is not None and self.init not in INITS:
-            raise BlockmixError(f"mixing.init: unknown {self.init!r}; use one of {INITS}")
-        if self.temperature <= 0:
-            raise BlockmixError(f"mixing.temperature must be > 0, got {self.temperature}")
+            raise BlockmixError(f"model.mixing.init: unknown {self.init!r}; use one of {INITS}")
+        for name in ("temperature", "init_scale", "identity_logit"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise BlockmixError(f"model.mixing.{name} must be a finite number > 0, got {value}")
 
     @property
     def resolved_init(self) -> str:
         """The init in effect."""
-        if self.init is not None:
-            return self.init
-        return "uniform" if self.coefficients == "softmax" else "orthogonal"
+        return self.init or "identity"
 
 
 class TemplateBank(nn.Module):
@@ -94,22 +99,32 @@ class TemplateBank(nn.Module):
         self.reset_parameters(spec)
 
     def reset_parameters(self, spec: BlockSpec) -> None:
-        """Templates like the baseline's layers; logits per ``mixing.init``."""
+        """Logits per ``mixing.init``; templates like the baseline's layers, scaled (with
+        ``mixing.rescale_templates``) so that every position's mixed kernels start at the
+        baseline's He scale."""
         with torch.no_grad():
-            for name, views in self.template_views().items():
-                for view in views:
-                    spec.init_(name, view)
             init = self.mixing.resolved_init
             if init == "uniform":
                 nn.init.uniform_(self.logits, -self.mixing.init_scale, self.mixing.init_scale)
             elif init == "orthogonal":
                 for task_logits in self.logits:
                     nn.init.orthogonal_(task_logits)
+                if self.mixing.coefficients == "linear":
+                    self.logits.div_(self.logits.norm(dim=-1, keepdim=True).clamp_min(1e-12))
             else:
                 hot = self.mixing.identity_logit if self.mixing.coefficients == "softmax" else 1.0
                 self.logits.zero_()
                 positions = torch.arange(self.num_positions)
                 self.logits[:, positions, positions % self.num_templates] = hot
+            kernel_scale = 1.0
+            if self.mixing.rescale_templates and not self.logits.is_meta:
+                kernel_scale = 1.0 / self.alpha(0).norm(dim=-1).pow(2).mean().sqrt().item()
+            views = self.template_views()
+            for name, view in views.items():
+                for template in view:
+                    spec.init_(name, template)
+            for name in self.layout[0]:
+                views[name].mul_(kernel_scale)
 
     def matrices(self) -> tuple[Tensor, Tensor]:
         """The template matrices: kernels, then 1-d parameters."""
