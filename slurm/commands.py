@@ -39,6 +39,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Submits only runs that are missing or failed; see README: Sweeps.",
     )
     sweep.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file (slurm/sweeps/*.yaml)")
+    sweep.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides for every run"
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     sweep.add_argument("--cluster", choices=EXECUTORS, dest="executor")
     sweep.add_argument(
@@ -100,7 +103,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from slurm.submit import wait
     from slurm.sweep import describe_plan, load_sweep, make_plan, states, submit_plan
 
-    plan = make_plan(load_sweep(args.sweep), args.executor)
+    plan = make_plan(load_sweep(args.sweep), args.executor, args.overrides)
     print(describe_plan(plan, states(plan.runs, plan.sweep_dir)))
     if args.dry_run:
         print("dry run: nothing submitted")

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from slurm.runs import RunLabel, label_of, read_config, read_results, scalars
-from slurm.sweep import PLAN_FILE, read_plan, states
+from slurm.sweep import PLAN_FILE, baseline_point, read_plan, states
 from train.errors import BlockmixError
 
 CONFIDENCE = 0.95
 MODE_ORDER = (None, "deeper", "compact")
 COLUMNS = (
-    "model", "variant", "runs", "params", "gflops", "images_per_s",
+    "model", "variant", "grid", "mixing", "runs", "params", "gflops", "images_per_s",
     "top1_mean", "top1_std", "top5_mean", "top5_std",
     "paired_n", "top1_diff", "top1_diff_low", "top1_diff_high",
 )  # fmt: skip
@@ -62,7 +62,7 @@ def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
             RunRecord(
                 run.name,
                 dirs[0] / "runs" / run.name,
-                RunLabel(run.model, run.variant, run.mode),
+                RunLabel(run.model, run.variant, run.mode, run.point),
                 run.seed,
                 current[run.name],
                 read_results(dirs[0] / "runs" / run.name),
@@ -89,15 +89,18 @@ def rows(records: Sequence[RunRecord]) -> list[Row]:
     for record in records:
         grouped.setdefault(record.label, []).append(record)
 
-    def order(label: RunLabel) -> tuple[str, int, bool]:
-        return (label.model, MODE_ORDER.index(label.mode), label.variant != "baseline")
+    def order(label: RunLabel) -> tuple[str, tuple[str, ...], int, bool, tuple[str, ...]]:
+        shared = baseline_point(label.point)
+        mode = MODE_ORDER.index(label.mode)
+        return (label.model, shared, mode, label.variant != "baseline", label.point)
 
     result = []
     for label in sorted(grouped, key=order):
         reference = None
         if label.variant != "baseline":
-            matched = RunLabel(label.model, "baseline", label.mode)
-            plain = RunLabel(label.model, "baseline", None)
+            shared = baseline_point(label.point)
+            matched = RunLabel(label.model, "baseline", label.mode, shared)
+            plain = RunLabel(label.model, "baseline", None, shared)
             reference = matched if matched in grouped else plain if plain in grouped else None
         runs = tuple(sorted(grouped[label], key=lambda run: run.seed))
         result.append(Row(label, runs, reference))
@@ -143,6 +146,8 @@ def table(report_rows: Sequence[Row]) -> list[dict[str, Any]]:
             {
                 "model": row.label.model,
                 "variant": row.label.text,
+                "grid": " ".join(row.label.point),
+                "mixing": _mixing(done) if row.label.variant == "tmix" else "",
                 "runs": _run_states(row),
                 "params": params[0] if params else None,
                 "gflops": flops[0] / 1e9 if flops else None,
@@ -163,10 +168,10 @@ def table(report_rows: Sequence[Row]) -> list[dict[str, Any]]:
 def markdown(lines: Sequence[dict[str, Any]]) -> str:
     """The table as Markdown; the paired difference is tmix - baseline in top-1 points."""
     header = (
-        "| model | variant | runs | params | GFLOPs | images/s | top-1 % | top-5 % "
+        "| model | variant | mixing | runs | params | GFLOPs | images/s | top-1 % | top-5 % "
         f"| top-1 diff vs baseline ({CONFIDENCE:.0%} CI) |"
     )
-    out = [header, "|" + "---|" * 9]
+    out = [header, "|" + "---|" * 10]
     for line in lines:
         diff = "-"
         if line["paired_n"]:
@@ -179,6 +184,7 @@ def markdown(lines: Sequence[dict[str, Any]]) -> str:
         cells = [
             line["model"],
             line["variant"],
+            line["mixing"] or "-",
             line["runs"],
             f"{line['params']:,}" if line["params"] else "-",
             f"{line['gflops']:.4g}" if line["gflops"] is not None else "-",
@@ -245,6 +251,22 @@ def report(paths: Sequence[str | Path], out: Path) -> str:
     write_csv(lines, out.with_suffix(".csv"))
     plot(report_rows, out.with_suffix(".png"))
     return text
+
+
+def _mixing(runs: Sequence[RunRecord]) -> str:
+    """The method settings the finished runs report (``results.json``), e.g.
+    ``softmax identity T=1 lr x1``; ``mixed`` if they differ."""
+    texts = set()
+    for run in runs:
+        mixing = run.results.get("mixing")
+        if mixing:
+            init = mixing.get("init") or "identity"
+            scaled = "" if mixing.get("rescale_templates", True) else " unscaled"
+            lr = run.results.get("logits_lr_scale", 1.0)
+            texts.add(
+                f"{mixing['coefficients']} {init}{scaled} T={mixing['temperature']:g} lr x{lr:g}"
+            )
+    return texts.pop() if len(texts) == 1 else ("mixed" if texts else "")
 
 
 def _run_states(row: Row) -> str:

@@ -31,12 +31,15 @@ class RunLabel:
     model: str
     variant: str
     mode: str | None
+    point: tuple[str, ...] = ()  # the sweep's grid point (``key=value``s) of this row
 
     @property
     def text(self) -> str:
         if self.variant == "baseline":
-            return "baseline" if self.mode is None else f"baseline ({self.mode}-matched)"
-        return f"tmix {self.mode}" if self.mode else "tmix"
+            text = "baseline" if self.mode is None else f"baseline ({self.mode}-matched)"
+        else:
+            text = f"tmix {self.mode}" if self.mode else "tmix"
+        return f"{text} [{', '.join(self.point)}]" if self.point else text
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:

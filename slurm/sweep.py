@@ -7,12 +7,17 @@ A sweep file holds only what differs from a named training config::
     modes: [deeper, compact]      # matched template variants to train next to each baseline
     seeds: [0, 1, 2]              # run.seed of every run
     overrides: {data.root: data/demo, train.epochs: 6}   # dotted keys, for every run
+    grid: {model.mixing.init: [uniform, identity], optim.logits_lr_scale: [1, 10]}
     resources: {nodes: 1, gpus_per_node: 0}
     cluster: {executor: local}    # slurm.cluster.ClusterConfig fields for this sweep
     dir: runs/sweeps/demo         # default runs/sweeps/<file name>; relative: under run_root
 
-For each model and seed, the runs of that pair (baseline, ``tmix`` per mode and, for ``compact``,
-the narrowed baseline it is matched to) are one job array. Sweep directory::
+``grid`` maps dotted config keys to lists of values; their cross product (a grid point each) is
+crossed with models x modes x seeds. Baselines and variants are paired per seed and per grid
+point; keys that only concern template variants (`TMIX_ONLY_KEYS`, e.g. ``model.mixing.*``) do
+not multiply the baselines. For each model and seed, the runs of that pair (baseline, ``tmix``
+per mode and grid point and, for ``compact``, the narrowed baseline it is matched to) are one job
+array. Sweep directory::
 
     SWEEP_DIR/sweep.yaml      the sweep file as last submitted
     SWEEP_DIR/plan.json       every planned run: name, model, variant, mode, seed, overrides
@@ -29,8 +34,10 @@ failed runs; a failed run resumes from its latest checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -50,6 +57,8 @@ JOBS_FILE = "jobs.json"
 STATES = ("missing", "pending", "running", "finished", "failed")
 # Keys the sweep sets on every run itself.
 OWNED_KEYS = ("run.dir", "run.seed", "model.name", "model.variant", "model.mode")
+# Grid keys (exact, or a prefix ending in ".") that change only template variants.
+TMIX_ONLY_KEYS = ("model.mixing.", "model.templates", "optim.logits_lr_scale")
 _SLURM_STATES = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending"}
 
 
@@ -63,6 +72,7 @@ class SweepSpec:
     modes: tuple[str, ...]
     seeds: tuple[int, ...]
     overrides: tuple[str, ...] = ()
+    grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
     resources: Resources = field(default_factory=Resources)
     cluster: dict[str, Any] = field(default_factory=dict)
     dir: str = ""
@@ -71,10 +81,19 @@ class SweepSpec:
     def name(self) -> str:
         return Path(self.dir).name
 
+    def points(self) -> list[tuple[str, ...]]:
+        """Every grid point as ``key=value`` overrides (one empty point without a grid)."""
+        keys = [key for key, _ in self.grid]
+        return [
+            tuple(f"{key}={value}" for key, value in zip(keys, values, strict=True))
+            for values in itertools.product(*(values for _, values in self.grid))
+        ]
+
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One training run of a sweep; ``mode`` as in `slurm.runs.RunLabel`."""
+    """One training run of a sweep; ``mode`` as in `slurm.runs.RunLabel`; ``point``: its grid
+    point as ``key=value`` overrides (for a baseline, only the keys that concern it)."""
 
     name: str
     model: str
@@ -83,6 +102,7 @@ class PlannedRun:
     seed: int
     overrides: tuple[str, ...]
     params: int
+    point: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +147,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise BlockmixError(f"{where}: not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise BlockmixError(f"{where}: the top level must be a mapping of fields")
-    known = ("config", "models", "modes", "seeds", "overrides", "resources", "cluster", "dir")
+    known = (
+        "config", "models", "modes", "seeds", "overrides", "grid", "resources", "cluster", "dir",
+    )  # fmt: skip
     unknown = sorted(map(str, set(data) - set(known)))
     if unknown:
         raise BlockmixError(f"{where}: unknown field(s) {', '.join(unknown)}; fields: {known}")
@@ -143,56 +165,105 @@ def load_sweep(path: str | Path) -> SweepSpec:
         modes=_modes(data, where),
         seeds=_seeds(data, where),
         overrides=_overrides(data.get("overrides") or {}, where),
+        grid=_grid(data.get("grid") or {}, where),
         resources=_resources(data.get("resources") or {}, where),
         cluster=_cluster(data.get("cluster") or {}, where),
         dir=str(data.get("dir") or f"runs/sweeps/{file.stem}"),
     )
 
 
-def make_plan(spec: SweepSpec, executor: str | None = None) -> Plan:
-    """Every run of the sweep with its parameter count; each run's config is checked here."""
+def make_plan(
+    spec: SweepSpec, executor: str | None = None, overrides: Sequence[str] = ()
+) -> Plan:
+    """Every run of the sweep with its parameter count; each run's config is checked here.
+    ``overrides`` (dotted ``key=value``) apply to every run, after the sweep file's."""
     from train.config import load_config
     from train.models import match, model_config
     from train.models.matching import config_params
 
+    for item in overrides:
+        if item.partition("=")[0] in OWNED_KEYS:
+            raise BlockmixError(f"override {item!r}: the sweep sets this key on every run itself")
+    spec = replace(spec, overrides=(*spec.overrides, *overrides))
     chosen = {"executor": executor} if executor else {}
     cluster = load_cluster_config().with_overrides(**{**spec.cluster, **chosen})
     sweep_dir = cluster.resolve(spec.dir)
-    base = load_config(spec.config, list(spec.overrides))
-    models = spec.models or (base.model.name,)
     pairings, runs = [], []
-    for model in models:
-        mc = base.model
-        registered = model_config(
-            model, num_classes=mc.num_classes, num_tasks=mc.num_tasks, **mc.build_kwargs()
-        )
-        plain_params = config_params(registered)
-        variants: list[tuple[str, str | None, tuple[str, ...], int]] = [
-            ("baseline", None, (), plain_params)
-        ]
-        for mode in spec.modes:
-            pair = match(registered, mode)
-            pairings.append(Pairing(model, mode, pair.baseline_params, pair.tmix_params))
-            if pair.baseline.width_multiplier != registered.width_multiplier:
-                narrowed = (
-                    f"model.options.width_multiplier={pair.baseline.width_multiplier}",
-                    f"model.options.channel_divisor={pair.baseline.channel_divisor}",
-                )
-                variants.append(("baseline", mode, narrowed, pair.baseline_params))
-            variants.append(("tmix", mode, (f"model.mode={mode}",), pair.tmix_params))
-        for seed in spec.seeds:
-            for variant, mode, extra, params in variants:
-                name = "-".join(part for part in (model, variant, mode) if part) + f"-s{seed}"
-                overrides = (
-                    *spec.overrides,
-                    f"model.name={model}",
-                    f"model.variant={variant}",
-                    *extra,
-                    f"run.seed={seed}",
-                )
-                load_config(spec.config, [*overrides, f"run.dir={sweep_dir / 'runs' / name}"])
-                runs.append(PlannedRun(name, model, variant, mode, seed, overrides, params))
+    seen: set[str] = set()
+    for point in spec.points():
+        base = load_config(spec.config, [*spec.overrides, *point])
+        shared = baseline_point(point)
+        for model in spec.models or (base.model.name,):
+            mc = base.model
+            registered = model_config(
+                model, num_classes=mc.num_classes, num_tasks=mc.num_tasks, **mc.build_kwargs()
+            )
+            variants: list[tuple[str, str | None, tuple[str, ...], int, tuple[str, ...]]] = [
+                ("baseline", None, (), config_params(registered), shared)
+            ]
+            for mode in spec.modes:
+                pair = match(registered, mode)
+                pairing = Pairing(model, mode, pair.baseline_params, pair.tmix_params)
+                if pairing not in pairings:
+                    pairings.append(pairing)
+                if pair.baseline.width_multiplier != registered.width_multiplier:
+                    narrowed = (
+                        f"model.options.width_multiplier={pair.baseline.width_multiplier}",
+                        f"model.options.channel_divisor={pair.baseline.channel_divisor}",
+                    )
+                    variants.append(("baseline", mode, narrowed, pair.baseline_params, shared))
+                tmix = (f"model.mode={mode}",)
+                variants.append(("tmix", mode, tmix, pair.tmix_params, point))
+            for seed in spec.seeds:
+                for variant, mode, extra, params, run_point in variants:
+                    name = run_name(model, variant, mode, run_point, seed)
+                    if name in seen:  # a baseline shared by grid points of tmix-only keys
+                        continue
+                    seen.add(name)
+                    run_overrides = (
+                        *spec.overrides,
+                        *run_point,
+                        f"model.name={model}",
+                        f"model.variant={variant}",
+                        *extra,
+                        f"run.seed={seed}",
+                    )
+                    run_dir = f"run.dir={sweep_dir / 'runs' / name}"
+                    load_config(spec.config, [*run_overrides, run_dir])
+                    runs.append(
+                        PlannedRun(
+                            name, model, variant, mode, seed, run_overrides, params, run_point
+                        )
+                    )
     return Plan(spec, cluster, sweep_dir, tuple(pairings), tuple(runs))
+
+
+def run_name(
+    model: str, variant: str, mode: str | None, point: Sequence[str], seed: int
+) -> str:
+    """``<model>-<variant>[-<mode>][-<key>=<value>...]-s<seed>``; a grid key is shortened to its
+    last dotted part unless two keys of the point share it."""
+    keys = [item.partition("=")[0] for item in point]
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    parts = [
+        f"{short if last.count(short) == 1 else key}={_slug(item.partition('=')[2])}"
+        for key, short, item in zip(keys, last, point, strict=True)
+    ]
+    return "-".join(part for part in (model, variant, mode, *parts) if part) + f"-s{seed}"
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", value).strip("_") or "_"
+
+
+def baseline_point(point: Sequence[str]) -> tuple[str, ...]:
+    """The part of a grid point that concerns baselines (all but `TMIX_ONLY_KEYS`)."""
+    return tuple(item for item in point if not _tmix_only(item))
+
+
+def _tmix_only(item: str) -> bool:
+    key = item.partition("=")[0]
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in TMIX_ONLY_KEYS)
 
 
 def read_plan(sweep_dir: Path) -> list[PlannedRun]:
@@ -203,7 +274,9 @@ def read_plan(sweep_dir: Path) -> list[PlannedRun]:
             f"{sweep_dir} is not a sweep directory (no {PLAN_FILE}); run blockmix sweep"
         )
     return [
-        PlannedRun(**{**run, "overrides": tuple(run["overrides"])})
+        PlannedRun(
+            **{**run, "overrides": tuple(run["overrides"]), "point": tuple(run.get("point", ()))}
+        )
         for run in json.loads(path.read_text())["runs"]
     ]
 
@@ -286,6 +359,9 @@ def describe_plan(plan: Plan, current: dict[str, str]) -> str:
     lines = [
         f"sweep {spec.name}: {plan.sweep_dir}",
         f"config {spec.config}; overrides: {' '.join(spec.overrides) or '-'}",
+        "grid: "
+        + ("; ".join(f"{key} in [{', '.join(values)}]" for key, values in spec.grid) or "-")
+        + f" ({len(spec.points())} point(s))",
         f"resources per run: {res.nodes} node(s) x {res.tasks_per_node} task(s), "
         f"{res.gpus_per_node} GPU(s)/node, {cluster.cpus_per_task} CPU(s)/task, "
         f"{cluster.time_min} min; executor {cluster.executor}"
@@ -297,11 +373,12 @@ def describe_plan(plan: Plan, current: dict[str, str]) -> str:
         f"{p.model:<16}{p.mode:<10}{p.baseline_params:>16,}{p.tmix_params:>14,}{p.rel_diff:>+10.2%}"
         for p in plan.pairings
     ]
-    lines += ["", f"{'run':<34}{'seed':>5}{'params':>12}  {'state':<9}action"]
+    width = max([34, *(len(run.name) + 2 for run in plan.runs)])
+    lines += ["", f"{'run':<{width}}{'seed':>5}{'params':>12}  {'state':<9}action"]
     for run in plan.runs:
         state = current[run.name]
         action = "submit" if state in ("missing", "failed") else "-"
-        lines.append(f"{run.name:<34}{run.seed:>5}{run.params:>12,}  {state:<9}{action}")
+        lines.append(f"{run.name:<{width}}{run.seed:>5}{run.params:>12,}  {state:<9}{action}")
     todo = sum(state in ("missing", "failed") for state in current.values())
     arrays = sum(
         any(current[run.name] in ("missing", "failed") for run in runs)
@@ -385,6 +462,25 @@ def _overrides(value: Any, where: str) -> tuple[str, ...]:
         text = item if isinstance(item, str) else json.dumps(item)
         items.append(f"{key}={text}")
     return tuple(items)
+
+
+def _grid(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``grid``: dotted key -> non-empty list of distinct values, as override texts."""
+    if not isinstance(value, dict):
+        raise BlockmixError(f"{where}: grid must be a mapping of dotted keys to lists of values")
+    grid = []
+    for key, values in value.items():
+        if key in OWNED_KEYS:
+            raise BlockmixError(
+                f"{where}: grid: {key} is set by the sweep itself (use models, modes, seeds)"
+            )
+        if not isinstance(values, list) or not values:
+            raise BlockmixError(f"{where}: grid.{key} must be a non-empty list of values")
+        texts = tuple(v if isinstance(v, str) else json.dumps(v) for v in values)
+        if len(set(texts)) != len(texts):
+            raise BlockmixError(f"{where}: grid.{key} lists a value twice")
+        grid.append((str(key), texts))
+    return tuple(grid)
 
 
 def _resources(value: Any, where: str) -> Resources:

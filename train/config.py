@@ -8,6 +8,7 @@ by ``key=value`` overrides from the command line. Every layer is type-checked ag
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import types
@@ -286,6 +287,15 @@ def _matches(value: Any, hint: Any) -> bool:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def method_settings(config: Config) -> dict[str, Any]:
+    """The template-mixture settings of a run, as ``results.json`` reports them."""
+    return {
+        "templates": config.model.templates,
+        "mixing": dataclasses.asdict(config.model.mixing),
+        "logits_lr_scale": config.optim.logits_lr_scale,
+    }
 
 
 def named_configs() -> list[str]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from train import distributed
 from train import engine as ds
 from train.checkpoint import Checkpointer, RNGState, find_latest, needs_universal
-from train.config import Config, flat_dict, save_config
+from train.config import Config, flat_dict, method_settings, save_config
 from train.errors import BlockmixError
 from train.loggers import Logger, NullLogger, TensorBoardLogger, heatmap
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
@@ -292,6 +292,7 @@ class MultiTaskTrainer:
             "model": mc.name,
             "variant": "independent" if self.config.multitask.independent else mc.variant,
             "mode": mc.mode,
+            **method_settings(self.config),
             "params": self.total_params,
             "total_params": self.total_params,
             "trained_params": self.trained_params,

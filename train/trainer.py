@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from train import distributed
 from train import engine as ds
 from train.checkpoint import Checkpointer, RNGState, find_latest, needs_universal
-from train.config import Config, flat_dict, save_config
+from train.config import Config, flat_dict, method_settings, save_config
 from train.errors import BlockmixError
 from train.loggers import Logger, NullLogger, TensorBoardLogger
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
@@ -212,6 +212,7 @@ class Trainer:
             "model": mc.name,
             "variant": mc.variant,
             "mode": mc.mode,
+            **method_settings(self.config),
             "params": self.params,
             "flops": self.flops,
             "top1": val["top1"],

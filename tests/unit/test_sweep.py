@@ -12,6 +12,7 @@ from sweep_fixture import write_sweep
 
 from slurm.sweep import describe_plan, load_sweep, make_plan, read_jobs, run_state, states
 from train.cli import main
+from train.config import load_config
 from train.errors import BlockmixError
 from train.models import match, model_config
 
@@ -48,6 +49,10 @@ def sweep_file(tmp_path, text: str):
         ("cluster: {partition: 'gpu;rm'}\n", "cluster: partition"),
         ("cluster: {queue: a}\n", "cluster: unknown field(s) queue"),
         ("cluster: {time_min: ten}\n", "cluster.time_min must be a int"),
+        ("grid: [a]\n", "grid must be a mapping"),
+        ("grid: {model.mixing.init: identity}\n", "grid.model.mixing.init must be a non-empty"),
+        ("grid: {optim.lr: [0.1, 0.1]}\n", "grid.optim.lr lists a value twice"),
+        ("grid: {run.seed: [1, 2]}\n", "grid: run.seed is set by the sweep"),
     ],
 )
 def test_bad_sweep_files_name_the_field(tmp_path, text, field):
@@ -150,3 +155,92 @@ def test_status_shows_state_step_and_metric(real_sweep, capsys):
 def test_status_of_a_folder_that_is_no_sweep(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 2
     assert "no plan.json" in capsys.readouterr().err
+
+
+GRID = "grid: {model.mixing.init: [uniform, identity], optim.logits_lr_scale: [1, 10]}\n"
+
+
+def test_a_grid_multiplies_only_the_runs_it_concerns(tmp_path):
+    plan = make_plan(load_sweep(sweep_file(tmp_path, "modes: [deeper, compact]\n" + GRID)))
+    names = [run.name for run in plan.runs]
+    assert len(names) == len(set(names)) == 2 + 2 * 4  # baselines once, 4 points x 2 variants
+    assert names[:4] == [
+        "isometric-baseline-s0",
+        "isometric-tmix-deeper-init=uniform-logits_lr_scale=1-s0",
+        "isometric-baseline-compact-s0",
+        "isometric-tmix-compact-init=uniform-logits_lr_scale=1-s0",
+    ]
+    tmix = next(
+        run for run in plan.runs if run.name.endswith("init=identity-logits_lr_scale=10-s0")
+    )
+    assert tmix.point == ("model.mixing.init=identity", "optim.logits_lr_scale=10")
+    assert set(tmix.point) <= set(tmix.overrides)
+    assert all(run.point == () for run in plan.runs if run.variant == "baseline")
+    assert [(p.mode, p.rel_diff < 0.005) for p in plan.pairings] == [
+        ("deeper", True),
+        ("compact", True),
+    ]
+    text = describe_plan(plan, states(plan.runs, plan.sweep_dir))
+    assert (
+        "grid: model.mixing.init in [uniform, identity]; optim.logits_lr_scale in [1, 10]" in text
+    )
+    assert "(4 point(s))" in text
+
+
+def test_a_grid_key_that_concerns_baselines_pairs_them_per_point(tmp_path):
+    plan = make_plan(load_sweep(sweep_file(tmp_path, "grid: {optim.lr: [0.1, 0.2]}\n")))
+    assert [run.name for run in plan.runs] == [
+        "isometric-baseline-lr=0.1-s0",
+        "isometric-tmix-deeper-lr=0.1-s0",
+        "isometric-baseline-lr=0.2-s0",
+        "isometric-tmix-deeper-lr=0.2-s0",
+    ]
+    assert plan.runs[2].point == ("optim.lr=0.2",) and "optim.lr=0.2" in plan.runs[2].overrides
+
+
+def test_command_line_overrides_apply_to_every_run(tmp_path, capsys):
+    path = sweep_file(tmp_path, "dir: dry\n")
+    args = ["sweep", str(path), "train.steps=3", "model.mixing.temperature=0.5", "--dry-run"]
+    assert main(args) == 0
+    plan = make_plan(load_sweep(path), overrides=["train.steps=3"])
+    assert all("train.steps=3" in run.overrides for run in plan.runs)
+    assert "train.steps=3 model.mixing.temperature=0.5" in capsys.readouterr().out
+    assert main(["sweep", str(path), "run.seed=4", "--dry-run"]) == 2
+    assert "sets this key on every run itself" in capsys.readouterr().err
+    assert main(["sweep", str(path), "model.options.widht=3", "--dry-run"]) == 2
+    assert "did you mean width" in capsys.readouterr().err
+
+
+def test_a_grid_sweep_runs_resumes_only_what_is_missing_and_compares_per_point(
+    real_sweep, tmp_path, monkeypatch, capsys
+):
+    import csv
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sweep_dir = tmp_path / "grid"
+    file = write_sweep(tmp_path / "g.yaml", real_sweep.data, sweep_dir, "[0]")
+    base = file.read_text()
+    file.write_text(base + "grid: {model.mixing.init: [uniform, identity]}\n")
+    assert main(["sweep", str(file), "--wait"]) == 0
+    assert "3 of 3 runs to submit" in capsys.readouterr().out
+    file.write_text(base + "grid: {model.mixing.init: [uniform, identity, orthogonal]}\n")
+    assert main(["sweep", str(file), "--wait"]) == 0
+    assert "1 of 4 runs to submit" in capsys.readouterr().out
+    assert sorted(read_jobs(sweep_dir))[-1] == "isometric-tmix-deeper-init=uniform-s0"
+    assert main(["compare", str(sweep_dir)]) == 0
+    lines = list(csv.DictReader((sweep_dir / "compare.csv").open()))
+    assert [(line["variant"], line["paired_n"]) for line in lines] == [
+        ("baseline", ""),
+        ("tmix deeper [model.mixing.init=identity]", "1"),
+        ("tmix deeper [model.mixing.init=orthogonal]", "1"),
+        ("tmix deeper [model.mixing.init=uniform]", "1"),
+    ]
+    assert lines[1]["mixing"] == "softmax identity T=1 lr x1"
+    assert lines[3]["mixing"] == "softmax uniform T=1 lr x1"
+    uniform = sweep_dir / "runs" / "isometric-tmix-deeper-init=uniform-s0"
+    ran = json.loads((uniform / "results.json").read_text())
+    assert ran["mixing"]["init"] == "uniform" and ran["logits_lr_scale"] == 1.0
+    assert load_config(str(uniform / "config.yaml")).model.mixing.init == "uniform"
+    capsys.readouterr()
+    assert main(["status", str(sweep_dir)]) == 0
+    assert "isometric-tmix-deeper-init=orthogonal-s0" in capsys.readouterr().out
