@@ -166,3 +166,34 @@ def test_resnet_depths_are_checked_as_int_tuples() -> None:
     assert config.model.options["depths"] == [1, 1, 1, 1]
     with pytest.raises(BlockmixError, match=r"model\.options\.depths"):
         load_config("imagenet_resnet18", [ROOT, "model.options.depths=[1,x,1,1]"])
+
+
+@pytest.mark.parametrize("command", ["train", "submit", "sweep"])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.options.widht=3", "model.options.widht is not a size of isometric"),
+        ("model.mixing.init=bogus", "model.mixing.init: unknown 'bogus'"),
+    ],
+)
+def test_bad_model_settings_exit_2_before_anything_runs_or_queues(
+    command, override, message, tmp_path, monkeypatch, capsys
+) -> None:
+    from train.cli import main
+
+    (tmp_path / "cluster.yaml").write_text(f"run_root: {tmp_path}\nexecutor: local\n")
+    monkeypatch.setenv("BLOCKMIX_CLUSTER_CONFIG", str(tmp_path / "cluster.yaml"))
+    run = f"run.dir={tmp_path / 'run'}"
+    if command == "sweep":
+        sweep = tmp_path / "s.yaml"
+        sweep.write_text("config: demo\nmodes: [deeper]\nseeds: [0]\ndir: sw\n")
+        argv = ["sweep", str(sweep), ROOT, override, "--dry-run"]
+    else:
+        argv = [command, "demo", ROOT, run, "model.variant=tmix", override]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert (
+        sorted(path.name for path in tmp_path.iterdir())
+        == ["cluster.yaml", "s.yaml"][: 1 + (command == "sweep")]
+    )
