@@ -39,7 +39,18 @@ class RunLabel:
             text = "baseline" if self.mode is None else f"baseline ({self.mode}-matched)"
         else:
             text = f"tmix {self.mode}" if self.mode else "tmix"
-        return f"{text} [{', '.join(self.point)}]" if self.point else text
+        return f"{text} [{', '.join(short_point(self.point))}]" if self.point else text
+
+
+def short_point(point: tuple[str, ...] | list[str]) -> list[str]:
+    """A grid point's ``key=value``s with each key shortened to its last dotted part, unless two
+    keys of the point share it (``model.mixing.init=identity`` -> ``init=identity``)."""
+    keys = [item.partition("=")[0] for item in point]
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return [
+        f"{short if last.count(short) == 1 else key}={item.partition('=')[2]}"
+        for key, short, item in zip(keys, last, point, strict=True)
+    ]
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from slurm.cluster import ClusterConfig, load_cluster_config, validate
-from slurm.runs import RESULTS_FILE
+from slurm.runs import RESULTS_FILE, short_point
 from slurm.submit import Resources
 from train.errors import BlockmixError
 
@@ -172,9 +172,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     )
 
 
-def make_plan(
-    spec: SweepSpec, executor: str | None = None, overrides: Sequence[str] = ()
-) -> Plan:
+def make_plan(spec: SweepSpec, executor: str | None = None, overrides: Sequence[str] = ()) -> Plan:
     """Every run of the sweep with its parameter count; each run's config is checked here.
     ``overrides`` (dotted ``key=value``) apply to every run, after the sweep file's."""
     from train.config import load_config
@@ -238,22 +236,16 @@ def make_plan(
     return Plan(spec, cluster, sweep_dir, tuple(pairings), tuple(runs))
 
 
-def run_name(
-    model: str, variant: str, mode: str | None, point: Sequence[str], seed: int
-) -> str:
-    """``<model>-<variant>[-<mode>][-<key>=<value>...]-s<seed>``; a grid key is shortened to its
-    last dotted part unless two keys of the point share it."""
-    keys = [item.partition("=")[0] for item in point]
-    last = [key.rsplit(".", 1)[-1] for key in keys]
-    parts = [
-        f"{short if last.count(short) == 1 else key}={_slug(item.partition('=')[2])}"
-        for key, short, item in zip(keys, last, point, strict=True)
-    ]
+def run_name(model: str, variant: str, mode: str | None, point: Sequence[str], seed: int) -> str:
+    """``<model>-<variant>[-<mode>][-<key>=<value>...]-s<seed>`` (keys as `short_point`)."""
+    parts = [_slug(item) for item in short_point(point)]
     return "-".join(part for part in (model, variant, mode, *parts) if part) + f"-s{seed}"
 
 
-def _slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", value).strip("_") or "_"
+def _slug(item: str) -> str:
+    """``key=value`` with anything but letters, digits and ``._+-`` in the value replaced."""
+    key, _, value = item.partition("=")
+    return f"{key}={re.sub(r'[^A-Za-z0-9._+-]+', '_', value).strip('_') or '_'}"
 
 
 def baseline_point(point: Sequence[str]) -> tuple[str, ...]:

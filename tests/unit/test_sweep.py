@@ -231,9 +231,9 @@ def test_a_grid_sweep_runs_resumes_only_what_is_missing_and_compares_per_point(
     lines = list(csv.DictReader((sweep_dir / "compare.csv").open()))
     assert [(line["variant"], line["paired_n"]) for line in lines] == [
         ("baseline", ""),
-        ("tmix deeper [model.mixing.init=identity]", "1"),
-        ("tmix deeper [model.mixing.init=orthogonal]", "1"),
-        ("tmix deeper [model.mixing.init=uniform]", "1"),
+        ("tmix deeper [init=identity]", "1"),
+        ("tmix deeper [init=orthogonal]", "1"),
+        ("tmix deeper [init=uniform]", "1"),
     ]
     assert lines[1]["mixing"] == "softmax identity T=1 lr x1"
     assert lines[3]["mixing"] == "softmax uniform T=1 lr x1"
