@@ -45,6 +45,8 @@ def test_share_logits_from_position_uses_task_zero_there() -> None:
     model = two_task_model().eval()
     models.share_logits_from(model, 2)
     bank = next(iter(models.analysis.banks(model).values()))
+    with torch.no_grad():  # tasks start from the same identity assignment: make them differ
+        bank.logits[1].add_(torch.randn_like(bank.logits[1]))
     assert torch.equal(bank.alpha(1)[2:], bank.alpha(0)[2:])
     assert not torch.equal(bank.alpha(1)[:2], bank.alpha(0)[:2])
     x = torch.randn(2, 3, 32, 32)
