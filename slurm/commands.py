@@ -120,15 +120,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from slurm.runs import progress
     from slurm.sweep import read_plan, states
+    from train.rundir import RunDir
 
     sweep_dir = Path(args.sweep_dir)
     planned = read_plan(sweep_dir)
     current = states(planned, sweep_dir)
-    print(f"{'run':<34}{'state':<10}{'step':>8}  latest metric")
+    print(f"{'run':<34}{'state':<10}{'step':>8}  latest metric (multi-task: mean of tasks)")
     for run in planned:
-        step, metric = progress(sweep_dir / "runs" / run.name)
+        step, metric = RunDir(sweep_dir / "runs" / run.name).progress()
         shown = "-" if step is None else str(step)
         print(f"{run.name:<34}{current[run.name]:<10}{shown:>8}  {metric or '-'}")
     counts = {state: list(current.values()).count(state) for state in sorted(set(current.values()))}

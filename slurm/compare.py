@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slurm.runs import RunLabel, label_of, read_config, read_results, scalars
+from slurm.runs import RunLabel, label_of
 from slurm.sweep import PLAN_FILE, baseline_point, read_plan, states
 from train.errors import BlockmixError
+from train.rundir import RunDir
 
 CONFIDENCE = 0.95
 MODE_ORDER = (None, "deeper", "compact")
@@ -65,17 +66,17 @@ def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
                 RunLabel(run.model, run.variant, run.mode, run.point),
                 run.seed,
                 current[run.name],
-                read_results(dirs[0] / "runs" / run.name),
+                RunDir(dirs[0] / "runs" / run.name).read_results(),
                 run.params,
             )
             for run in planned
         ]
     records = []
     for path in dirs:
-        config = read_config(path)
+        config = RunDir(path).read_config()
         if config is None:
             raise BlockmixError(f"{path}: neither a sweep directory nor a run directory")
-        results = read_results(path)
+        results = RunDir(path).read_results()
         state = "finished" if results is not None else "unfinished"
         records.append(
             RunRecord(path.name, path, label_of(config), config["run"]["seed"], state, results)
@@ -223,7 +224,7 @@ def plot(report_rows: Sequence[Row], path: Path) -> None:
                 fmt="o", capsize=4, color=colour, label=name,
             )  # fmt: skip
         for number, run in enumerate(row.runs):
-            loss = scalars(run.path).get("train/loss", [])
+            loss = RunDir(run.path).series("train/loss")
             if loss:
                 steps, values = zip(*loss, strict=True)
                 label = f"{name} ({len(row.runs)} runs)" if number == 0 else None

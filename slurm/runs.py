@@ -1,22 +1,13 @@
-"""Read what a training run left in its directory: resolved config, results, step, scalars.
+"""Which comparison row a training run belongs to, from its resolved config.
 
-Everything here reads files that `blockmix train` writes (``config.yaml``, ``results.json``,
-``checkpoints/latest`` and TensorBoard's event files under ``tb/``); nothing writes to a run.
+The run directory itself (file names, results, progress, scalars) is read through
+`train.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import yaml
-
-CONFIG_FILE = "config.yaml"  # train.trainer.CONFIG_FILE
-RESULTS_FILE = "results.json"  # train.trainer.RESULTS_FILE
-# Scalars shown as a run's latest metric, best first.
-PROGRESS_TAGS = ("val/top1", "train/loss")
 
 
 @dataclass(frozen=True)
@@ -53,18 +44,6 @@ def short_point(point: tuple[str, ...] | list[str]) -> list[str]:
     ]
 
 
-def read_config(run_dir: Path) -> dict[str, Any] | None:
-    """The run's resolved config as a plain mapping, or None before the trainer wrote it."""
-    path = run_dir / CONFIG_FILE
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
-
-
-def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """``results.json`` (written once, at the end of a finished run), or None."""
-    path = run_dir / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def label_of(config: dict[str, Any]) -> RunLabel:
     """The comparison row of a run, from its resolved config."""
     model = config["model"]
@@ -73,40 +52,3 @@ def label_of(config: dict[str, Any]) -> RunLabel:
         narrowed = float((model.get("options") or {}).get("width_multiplier", 1.0)) < 1.0
         mode = "compact" if narrowed else None
     return RunLabel(model["name"], model["variant"], mode)
-
-
-def checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the run's latest complete checkpoint, or None."""
-    from train.checkpoint import find_latest
-
-    latest = find_latest(run_dir / "checkpoints")
-    return None if latest is None else int(latest[1]["step"])
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in the run's TensorBoard event files: tag -> [(step, value)]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tb = run_dir / "tb"
-    if not tb.is_dir():
-        return {}
-    accumulator = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-        if not tag.startswith("hparams/")
-    }
-
-
-def progress(run_dir: Path) -> tuple[int | None, str]:
-    """The run's latest step (checkpoint or logged scalar) and latest metric as ``tag=value``."""
-    series = scalars(run_dir)
-    steps = [points[-1][0] for points in series.values() if points]
-    saved = checkpoint_step(run_dir)
-    step = max([*steps, *([saved] if saved is not None else [])], default=None)
-    for tag in PROGRESS_TAGS:
-        if series.get(tag):
-            at, value = series[tag][-1]
-            return step, f"{tag}={value:.4g} @{at}"
-    return step, ""

@@ -48,9 +48,10 @@ from typing import Any
 import yaml
 
 from slurm.cluster import ClusterConfig, load_cluster_config, validate
-from slurm.runs import RESULTS_FILE, short_point
+from slurm.runs import short_point
 from slurm.submit import Resources
 from train.errors import BlockmixError
+from train.rundir import RunDir
 
 PLAN_FILE = "plan.json"
 JOBS_FILE = "jobs.json"
@@ -281,7 +282,7 @@ def read_jobs(sweep_dir: Path) -> dict[str, dict[str, str]]:
 
 def run_state(run_dir: Path, job: dict[str, str] | None) -> str:
     """One of `STATES` for a run directory and its recorded job (see the module docstring)."""
-    if (run_dir / RESULTS_FILE).is_file():
+    if RunDir(run_dir).finished:
         return "finished"
     if job is None:
         return "missing"

@@ -9,7 +9,6 @@ requeued job resumes from there without user action. Training code is imported l
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -85,13 +84,13 @@ class TrainTask(Task):
         self.run_dir = run_dir
 
     def run(self) -> dict[str, Any] | None:
-        from train.checkpoint import LATEST
         from train.cli import main
-        from train.trainer import RESULTS_FILE
+        from train.rundir import RunDir
 
-        latest = self.run_dir / "checkpoints" / LATEST
-        if latest.is_file() and _is_rank0():
-            print(f"resuming {self.run_dir} from {latest.read_text().strip()}", flush=True)
+        run_dir = RunDir(self.run_dir)
+        latest = run_dir.latest_checkpoint()
+        if latest is not None and _is_rank0():
+            print(f"resuming {self.run_dir} from {latest[0].name}", flush=True)
         code = main(["train", self.config, *self.overrides])
         if code == STOPPED_BY_SIGNAL:
             _requeue_if_running()
@@ -100,7 +99,7 @@ class TrainTask(Task):
             raise RuntimeError(f"blockmix train exited with code {code}; its error is logged above")
         if not _is_rank0():
             return None
-        return json.loads((self.run_dir / RESULTS_FILE).read_text())
+        return run_dir.read_results()
 
 
 def _requeue_if_running() -> None:

@@ -10,6 +10,7 @@ from torch import nn
 from train.checkpoint import SHARED, find_latest
 from train.config import Config
 from train.errors import BlockmixError
+from train.rundir import RunDir
 
 
 def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -17,7 +18,7 @@ def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str,
 
     ``ema`` returns the EMA weights instead (the run must have had ``train.ema_decay`` > 0).
     """
-    checkpoints = Path(run_dir) / "checkpoints"
+    checkpoints = RunDir(run_dir).checkpoints
     latest = find_latest(checkpoints)
     if latest is None:
         raise BlockmixError(f"{run_dir} has no checkpoint ({checkpoints}/latest is missing)")
