@@ -209,9 +209,7 @@ def validate(config: Config) -> None:
             f"schedule.min_lr_ratio must be in [0, 1], got {config.schedule.min_lr_ratio}"
         )
     config.data.validate()
-    validate_tasks(
-        config.tasks, config.multitask, config.transfer, config.adapt, config.model.variant
-    )
+    validate_tasks(config.tasks, config.multitask, config.transfer, config.adapt, config.model)
 
 
 # Model settings with their own typed keys: ``model.options`` may not shadow them.

@@ -1,10 +1,12 @@
-"""The sub-configs of multi-task runs (METHOD.md §4): the tasks, transfer and adaptation.
+"""The tasks of a run (METHOD.md §4) and their sub-configs: tasks, transfer and adaptation.
 
-A run with a non-empty ``tasks`` list trains every task jointly on one model (`train.multitask`):
-task t is model task t, reads ``tasks[t].root`` (absolute, or relative to ``data.root``: e.g. one
-domain of `blockmix prepare demo`) with the ``data.*`` settings, and weighs its loss by
-``loss_weight``. ``transfer.source`` starts the tasks from a trained run's weights; ``adapt.target``
-adds one unlabeled target domain whose mixture logits adapt after the source tasks trained.
+Every run trains a list of tasks with one `train.trainer.Trainer`; a config without a ``tasks``
+list is the run of one task on ``data.root`` with ``model.num_classes`` classes. With a list, task
+t is model task t, reads ``tasks[t].root`` (absolute, or relative to ``data.root``: e.g. one domain
+of `blockmix prepare demo`) with the ``data.*`` settings, has ``tasks[t].num_classes`` classes (0:
+``model.num_classes``) and weighs its loss by ``loss_weight``. ``transfer.source`` starts the tasks
+from a trained run's weights; ``adapt.target`` adds one unlabeled target domain, the last model
+task, whose mixture logits adapt after the source tasks trained.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data_pipeline.config import DataConfig
 from train.errors import BlockmixError
+
+if TYPE_CHECKING:
+    from train.config import Config, ModelConfig
 
 FINETUNE_MODES = ("h", "m", "b", "hm", "bm", "hb", "hbm", "all")
 MODE_GROUPS = {"h": "heads", "m": "logits", "b": "bn"}
@@ -23,11 +29,12 @@ ADAPT_LOSSES = ("moment", "adversarial", "discrepancy")
 
 @dataclass
 class TaskConfig:
-    """One task: its dataset folder, its class count and its weight in the summed loss."""
+    """One task: its dataset folder, its class count (0: ``model.num_classes``) and its weight
+    in the summed loss."""
 
     name: str = ""
     root: str = ""
-    num_classes: int = 10
+    num_classes: int = 0
     loss_weight: float = 1.0
 
 
@@ -66,6 +73,40 @@ class AdaptConfig:
     stem: bool = False
 
 
+@dataclass(frozen=True)
+class Task:
+    """One model task of a run, resolved: ``classes_key`` is the config key of its class count."""
+
+    name: str
+    data: DataConfig
+    num_classes: int
+    loss_weight: float
+    classes_key: str
+
+
+def run_tasks(config: Config) -> list[Task]:
+    """The model tasks of a run in order: the trained tasks, then the adaptation target."""
+    data, mc = config.data, config.model
+    if not config.tasks:
+        name = Path(data.root).name or "task0"
+        return [Task(name, data, mc.num_classes, 1.0, "model.num_classes")]
+    tasks = [
+        Task(
+            t.name or Path(t.root).name,
+            task_data(data, t.root),
+            t.num_classes or mc.num_classes,
+            t.loss_weight,
+            f"tasks[{i}].num_classes",
+        )
+        for i, t in enumerate(config.tasks)
+    ]
+    target = config.adapt.target
+    if target:
+        source = tasks[config.adapt.source_task]
+        tasks.append(Task(Path(target).name, task_data(data, target), source.num_classes, 0.0, ""))
+    return tasks
+
+
 def task_data(data: DataConfig, root: str) -> DataConfig:
     """``data`` reading ``root`` (relative paths are under ``data.root``)."""
     path = Path(root).expanduser()
@@ -79,18 +120,27 @@ def validate_tasks(
     multitask: MultiTaskConfig,
     transfer: TransferConfig,
     adapt: AdaptConfig,
-    variant: str,
+    model: ModelConfig,
 ) -> None:
     """Raise a one-line `BlockmixError` naming the first wrong ``tasks``/``transfer``/``adapt``
-    field."""
+    field (or ``model.num_tasks`` that contradicts the tasks list)."""
+    variant = model.variant
     uses_tasks = transfer.source or adapt.target or multitask.independent
     if uses_tasks and not tasks:
         raise BlockmixError("transfer/adapt/multitask settings need a tasks list (tasks: [...])")
     for i, task in enumerate(tasks):
         if not task.root:
             raise BlockmixError(f"tasks[{i}].root is empty; set it to a dataset folder")
-        if task.num_classes < 1 or task.loss_weight < 0:
-            raise BlockmixError(f"tasks[{i}]: num_classes must be >= 1 and loss_weight >= 0")
+        if task.num_classes < 0 or task.loss_weight < 0:
+            raise BlockmixError(
+                f"tasks[{i}]: num_classes must be >= 1 (0: model.num_classes) and loss_weight >= 0"
+            )
+    model_tasks = len(tasks) + bool(adapt.target)
+    if tasks and model.num_tasks not in (1, model_tasks):
+        raise BlockmixError(
+            f"model.num_tasks={model.num_tasks} but the tasks list makes {model_tasks} model "
+            "task(s); drop model.num_tasks (a tasks list sets it)"
+        )
     if transfer.mode not in FINETUNE_MODES:
         raise BlockmixError(
             f"transfer.mode={transfer.mode!r} is not one of: {', '.join(FINETUNE_MODES)}"

@@ -1,8 +1,18 @@
-"""The training run: build everything from the config, resume, loop, evaluate, report.
+"""The training run, one `Trainer` for every run: build, resume, loop, evaluate, adapt, report.
 
-`Trainer.fit` is the loop a reader should see in one screenful: data -> forward -> loss ->
-backward -> step -> log -> checkpoint. Everything that survives a resume is a stateful registered
-with the `Checkpointer`; the learning rate is a pure function of the step.
+A run trains a list of tasks (`train.tasks.run_tasks`); a config without a ``tasks`` list is the
+run of one task. Every optimizer step takes one batch of every trained task and backpropagates
+the sum of their weighted losses (mixed batches, one backward). With ``transfer.source`` the model
+starts from a trained run's weights before the engine is built; with ``adapt.target`` the target
+task adapts without its labels (`train.adaptation`) after training, before the report.
+
+`Trainer.train` is the loop a reader should see in one screenful: data -> forward -> loss ->
+backward -> step -> log -> checkpoint. A variant overrides a step (`batch_generator`,
+`forward_backward_step`), never the loop. Everything that survives a resume is a stateful
+registered with the `Checkpointer`; the learning rate is a pure function of the step.
+
+Scalars: the task mean under ``train/*`` and ``val/*`` for every run, and for runs with a
+``tasks`` list each task under ``train/<task>/*`` and ``val/<task>/*`` (see `train.rundir`).
 """
 
 from __future__ import annotations
@@ -11,26 +21,28 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import Tensor
 
 from train import distributed
 from train import engine as ds
-from train.checkpoint import Checkpointer, RNGState, find_latest, needs_universal
-from train.config import Config, flat_dict, method_settings, save_config
+from train.checkpoint import Checkpointer, RNGState, needs_universal
+from train.config import Config, flat_dict, method_settings, to_yaml
 from train.errors import BlockmixError
-from train.loggers import Logger, NullLogger, TensorBoardLogger
+from train.loggers import Logger, NullLogger, TensorBoardLogger, heatmap
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
+from train.rundir import RunDir
 from train.schedules import warmup_cosine
+from train.tasks import run_tasks
 
-CONFIG_FILE = "config.yaml"
-RESULTS_FILE = "results.json"
+# One micro-batch: ``(images, labels)`` of every trained task.
+Batch = list[tuple[Tensor, Tensor]]
 
 
 class Progress:
@@ -50,74 +62,98 @@ class Progress:
 class Trainer:
     """One rank of a run in ``config.run.dir``; resumes from its latest checkpoint if any.
 
-    ``train_loader`` replaces the DALI training loader (benchmarks feed in-memory tensors); it
-    needs the loader's ``steps_per_epoch``, ``num_classes``, ``data_time``, state and ``close``.
+    ``train_loaders`` replace the DALI training loaders, one per model task (benchmarks and tests
+    feed in-memory tensors); each needs the loader's ``steps_per_epoch``, ``num_classes``,
+    ``data_time``, state and ``close``.
     """
 
     def __init__(
-        self, config: Config, env: distributed.DistEnv, train_loader: Any | None = None
+        self,
+        config: Config,
+        env: distributed.DistEnv,
+        train_loaders: Sequence[Any] | None = None,
     ) -> None:
         from data_pipeline.loader import DaliLoader
         from train import models
+        from train.taskmodel import build_model
+        from train.transfer import prepare_tasks
 
         self.config, self.env = config, env
-        self.run_dir = Path(config.run.dir)
+        self.run_dir = RunDir(config.run.dir)
         self.device = distributed.init(env)
         self.logger: Logger = NullLogger()
+        self.tasks = run_tasks(config)
+        self.sources = self.tasks[: len(config.tasks) or 1]  # the trained tasks
         torch.manual_seed(config.run.seed)  # identical initial weights on every rank
-        mc = config.model
-        build_args = dict(name=mc.name, variant=mc.variant, num_classes=mc.num_classes)
-        build_args.update(mode=mc.mode, num_tasks=mc.num_tasks, **mc.build_kwargs())
-        model = models.build(**build_args)
-        with torch.device("meta"):
-            self.flops = models.flops_per_image(models.build(**build_args), config.data.image_size)
+        model = build_model(config)
         self.params = models.count_params(model)
-        latest = find_latest(self.run_dir / "checkpoints")
+        self.total_params = models.count_params(model, trainable_only=False)
+        with torch.device("meta"):  # per image of one task
+            self.flops = models.flops_per_image(build_model(config), config.data.image_size)
+        self.trained_params = prepare_tasks(model, config)  # transfer, before the engine
+        latest = self.run_dir.latest_checkpoint()
         universal = latest is not None and needs_universal(latest[1], env.world_size)
         self.engine = ds.initialize(model, models.param_groups(model), config, universal)
         self.accum = self.engine.gradient_accumulation_steps()
         self.dtype = ds.input_dtype(self.engine)
-        self.ema = (
-            ds.EMA(self.engine.module, config.train.ema_decay) if config.train.ema_decay else None
-        )
+        decay = config.train.ema_decay
+        self.ema = ds.EMA(self.engine.module, decay) if decay else None
         device_id = env.local_rank if self.device.startswith("cuda") else None
-        loader_args = dict(rank=env.rank, world_size=env.world_size, device_id=device_id)
-        self.train_loader = train_loader or DaliLoader(config.data, train=True, **loader_args)
-        self.val_loader = DaliLoader(config.data, train=False, **loader_args)
-        if self.train_loader.num_classes != mc.num_classes:
-            raise BlockmixError(
-                f"model.num_classes={mc.num_classes} but data.root has "
-                f"{self.train_loader.num_classes} classes; set model.num_classes"
-            )
-        steps_per_epoch = self.train_loader.steps_per_epoch / self.accum
-        self.total_steps = config.train.steps or math.ceil(config.train.epochs * steps_per_epoch)
-        self.steps_per_epoch = steps_per_epoch
-        self.progress = Progress()
+        args = dict(rank=env.rank, world_size=env.world_size, device_id=device_id)
+        self.train_loaders = list(
+            train_loaders or [DaliLoader(t.data, train=True, **args) for t in self.tasks]
+        )
+        self.val_loaders = [DaliLoader(t.data, train=False, **args) for t in self.tasks]
+        for task, loader in zip(self.sources, self.train_loaders, strict=False):
+            if loader.num_classes != task.num_classes:
+                raise BlockmixError(
+                    f"{task.classes_key}={task.num_classes} but {task.data.root} has "
+                    f"{loader.num_classes} classes; set {task.classes_key}"
+                )
+        steps = min(loader.steps_per_epoch for loader in self.train_loaders[: len(self.sources)])
+        self.steps_per_epoch = steps / self.accum
+        self.total_steps = config.train.steps or math.ceil(
+            config.train.epochs * self.steps_per_epoch
+        )
+        self.progress, self.images_per_s = Progress(), []
+        per_rank = {loader_key(config, t): dl for t, dl in enumerate(self.train_loaders)}
         shared: dict[str, Any] = {"progress": self.progress}
         if self.ema is not None:
             shared["ema"] = self.ema
         self.checkpointer = Checkpointer(
-            self.run_dir / "checkpoints",
+            self.run_dir.checkpoints,
             config.checkpoint,
-            per_rank={"loader": self.train_loader, "rng": RNGState()},
+            per_rank={**per_rank, "rng": RNGState()},
             shared=shared,
         )
         _seed_rank(config.run.seed, env.rank)
         if latest is not None:
             self.checkpointer.load(self.engine, *latest)
         self.checkpointer.install_signal_handlers()
-        self.train_metrics = ClassificationMetrics(mc.num_classes, self.device)
-        self.val_metrics = ClassificationMetrics(mc.num_classes, self.device)
+        classes = [loader.num_classes for loader in self.train_loaders]
+        self.train_metrics = [ClassificationMetrics(n, self.device) for n in classes]
+        self.val_metrics = [ClassificationMetrics(n, self.device) for n in classes]
         if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / CONFIG_FILE)
-            self.logger = TensorBoardLogger(self.run_dir / "tb")
+            self.run_dir.write_config(to_yaml(config))
+            self.logger = TensorBoardLogger(self.run_dir.tensorboard)
+        names = ", ".join(task.name for task in self.sources)
+        self._print(f"{names}: {self.trained_params:,} of {self.total_params:,} parameters trained")
 
     def fit(self) -> dict[str, Any] | None:
-        """Train to ``total_steps``; return the results, or None when stopped early to resume."""
+        """Train to ``total_steps``, adapt (with ``adapt.target``) and write ``results.json``;
+        return the results, or None when stopped early (checkpoint saved) to resume."""
+        if not self.train():
+            return None
+        results = self._results(self._validate(self.progress.step))
+        if self.config.adapt.target:
+            results.update(self.adapt())
+        self._write(results)
+        return results
+
+    def train(self) -> bool:
+        """The loop, to ``total_steps``; False when a signal or ``train.stop_after`` stopped it."""
         cfg, step = self.config.train, self.progress.step
-        smoothing = cfg.label_smoothing
-        batches, timer, images_per_s = self._micro_batches(), StepTimer(), []
+        batches, timer = self.batch_generator(), StepTimer()
         bar = _progress_bar(self.env.is_main and cfg.progress, self.total_steps, step)
         start = time.perf_counter() - self.progress.wall_s
         while step < self.total_steps:
@@ -125,27 +161,21 @@ class Trainer:
             ds.set_lr(self.engine, lr)
             finite, data_s = torch.ones((), dtype=torch.bool, device=self.device), 0.0
             for _ in range(self.accum):  # the micro-batches of one optimizer step
-                images, labels, _ = next(batches)
-                data_s += self.train_loader.data_time
-                logits = self.engine(images.to(self.device, self.dtype)).float()
-                losses = F.cross_entropy(
-                    logits, labels, reduction="none", label_smoothing=smoothing
-                )
-                loss = losses.mean()
-                self.engine.backward(loss)
-                self.engine.step()
-                finite &= torch.isfinite(loss.detach())
-                self.train_metrics.update(logits.detach(), labels, losses.detach())
+                batch, waited = next(batches)
+                loss = self.forward_backward_step(batch)
+                self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
+                finite &= torch.isfinite(loss)
+                data_s += waited
             step = self.progress.step = step + 1
             self.progress.wall_s = time.perf_counter() - start
-            timer.add(self.engine.train_batch_size(), data_s)
+            timer.add(self.engine.train_batch_size() * len(self.sources), data_s)
             if self.ema is not None:
                 self.ema.update(self.engine.module)
             bad, save, stop = step_boundary(self.checkpointer, step, cfg.stop_after, finite)
             if bad:
                 raise non_finite_error(self.checkpointer, step)
             if step % cfg.log_every == 0 or step == self.total_steps:
-                images_per_s.append(self._log_train(step, lr, timer, bar))
+                self._log_train(step, lr, timer, bar)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                 self._validate(step)
             if save or stop or step == self.total_steps:
@@ -153,25 +183,84 @@ class Trainer:
                 self.checkpointer.save(self.engine, step)
             bar.update(1)
             if stop and step < self.total_steps:
-                bar.close()
-                return None
+                break
         bar.close()
-        return self._finish(images_per_s)
+        return step >= self.total_steps
 
-    def evaluate(self) -> dict[str, float]:
-        """Loss, top-1 and top-5 over the whole val split, every sample counted once."""
+    def batch_generator(self) -> Iterator[tuple[Batch, float]]:
+        """Micro-batches forever, each with the seconds this rank waited for it."""
+        loaders = self.train_loaders[: len(self.sources)]
+        streams = [_forever(loader) for loader in loaders]
+        while True:
+            batch, waited = [], 0.0
+            for stream, loader in zip(streams, loaders, strict=True):
+                images, labels, _ = next(stream)
+                batch.append((images, labels))
+                waited += loader.data_time
+            yield batch, waited
+
+    def forward_backward_step(self, batch: Batch) -> Tensor:
+        """Forward every task's images, backward the weighted sum of the task losses; return it."""
+        smoothing = self.config.train.label_smoothing
+        loss = torch.zeros((), device=self.device)
+        for task, (images, labels) in enumerate(batch):
+            logits = self.engine(images.to(self.device, self.dtype), task).float()
+            losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
+            loss = loss + self.sources[task].loss_weight * losses.mean()
+            self.train_metrics[task].update(logits.detach(), labels, losses.detach())
+        self.engine.backward(loss)
+        return loss.detach()
+
+    def evaluate(self, task: int = 0) -> dict[str, float]:
+        """Loss, top-1 and top-5 of ``task`` over its whole val split, every sample once."""
         distributed.broadcast_buffers(self.engine.module)
         self.engine.eval()
         try:
-            return evaluate(self.engine, self.val_loader, self.val_metrics, self.device, self.dtype)
+            return evaluate(
+                lambda x: self.engine(x, task),
+                self.val_loaders[task],
+                self.val_metrics[task],
+                self.device,
+                self.dtype,
+            )
         finally:
             self.engine.train()
+
+    def adapt(self) -> dict[str, Any]:
+        """The stage after training: adapt the target task (the last) without its labels; its
+        val top-1 before and after. Not checkpointed: a resumed run repeats it."""
+        from safetensors.torch import save_file
+
+        from train.adaptation import Adapter
+
+        cfg, step, target = self.config.adapt, self.progress.step, len(self.sources)
+        module = self.engine.module
+        before = self.evaluate(target)
+        adapter = Adapter(module, target, list(range(target)), cfg)
+        sources = [_forever(loader) for loader in self.train_loaders[:target]]
+        history = adapter.run(sources, _forever(self.train_loaders[target]), self.device)
+        after = self.evaluate(target)
+        name = self.tasks[target].name
+        self.logger.log({f"adapt/{name}/top1_before": before["top1"]}, step)
+        self.logger.log({f"adapt/{name}/top1_after": after["top1"]}, step + cfg.steps)
+        self._log_alphas(step + cfg.steps)
+        if self.env.is_main:
+            state = {k: v.detach().float().contiguous() for k, v in module.state_dict().items()}
+            save_file(state, str(self.run_dir.adapted))
+        return {
+            "target": name,
+            "target_top1_before": before["top1"],
+            "target_top1_after": after["top1"],
+            "adapt_loss": cfg.loss,
+            "adapt_trained_params": adapter.trained_params(),
+            "adapt_loss_first_last": [history[0], history[-1]],
+        }
 
     def close(self, clean: bool = True) -> None:
         """Release loaders and the logger; leave the process group (see `distributed.teardown`)."""
         self.logger.close()
-        self.train_loader.close()
-        self.val_loader.close()
+        for loader in self.train_loaders + self.val_loaders:
+            loader.close()
         distributed.teardown(clean)
 
     @property
@@ -179,57 +268,115 @@ class Trainer:
         """True when a SIGTERM stopped the run (its checkpoint is saved)."""
         return self.checkpointer.stop_requested
 
-    def _micro_batches(self) -> Iterator[Any]:
-        while True:
-            yield from self.train_loader
-
-    def _log_train(self, step: int, lr: float, timer: StepTimer, bar: Any) -> float:
-        train = self.train_metrics.compute()
-        self.train_metrics.reset()
-        perf = timer.window()
+    def _log_train(self, step: int, lr: float, timer: StepTimer, bar: Any) -> None:
+        per_task = []
+        for metrics in self.train_metrics[: len(self.sources)]:
+            per_task.append(metrics.compute())
+            metrics.reset()
+        train, perf = task_mean(per_task), timer.window()
         epoch = step / self.steps_per_epoch
-        scalars = {**_prefixed("train", train), **_prefixed("perf", perf)}
+        scalars = {**self._scalars("train", per_task), **_prefixed("perf", perf)}
         self.logger.log({**scalars, "train/lr": lr, "train/epoch": epoch}, step)
+        self.images_per_s.append(perf["images_per_s"])
         rate = f"{perf['images_per_s']:.0f}"
         bar.set_postfix(
             epoch=f"{epoch:.2f}", loss=f"{train['loss']:.4f}", img_s=rate, refresh=False
         )
-        return perf["images_per_s"]
 
-    def _validate(self, step: int) -> dict[str, float]:
-        """Evaluate; log the val scalars and every bank's alpha matrices."""
+    def _validate(self, step: int) -> list[dict[str, float]]:
+        """Evaluate the trained tasks; log their scalars and every bank's alpha matrices."""
+        per_task = [self.evaluate(task) for task in range(len(self.sources))]
+        self.logger.log(self._scalars("val", per_task), step)
+        self._log_alphas(step)
+        return per_task
+
+    def _scalars(self, section: str, per_task: list[dict[str, float]]) -> dict[str, float]:
+        """The task mean as ``section/*``; with a ``tasks`` list also ``section/<task>/*``."""
+        scalars = _prefixed(section, task_mean(per_task))
+        if self.config.tasks:
+            for task, metrics in zip(self.sources, per_task, strict=True):
+                scalars.update(_prefixed(f"{section}/{task.name}", metrics))
+        return scalars
+
+    def _log_alphas(self, step: int) -> None:
         from train.models import alpha_matrices
 
-        val = self.evaluate()
-        self.logger.log(_prefixed("val", val), step)
-        self.logger.log_alphas(gathered(self.engine, alpha_matrices), step)
-        return val
+        alphas = gathered(self.engine, alpha_matrices)
+        if not alphas:
+            return
+        self.logger.log_alphas(alphas, step)
+        if isinstance(self.logger, TensorBoardLogger):
+            self.logger.writer.add_image(
+                "alpha/tasks", alpha_image(alphas), step, dataformats="HWC"
+            )
 
-    def _finish(self, images_per_s: list[float]) -> dict[str, Any]:
-        mc, step = self.config.model, self.progress.step
-        val = self._validate(step)
-        results = {
+    def _results(self, per_task: list[dict[str, float]]) -> dict[str, Any]:
+        """``results.json``: the task mean as ``top1``/``top5``/``val_loss``, plus ``tasks``."""
+        mc, step, mean = self.config.model, self.progress.step, task_mean(per_task)
+        results: dict[str, Any] = {
             "model": mc.name,
-            "variant": mc.variant,
+            "variant": "independent" if self.config.multitask.independent else mc.variant,
             "mode": mc.mode,
             **method_settings(self.config),
             "params": self.params,
+            "total_params": self.total_params,
+            "trained_params": self.trained_params,
             "flops": self.flops,
-            "top1": val["top1"],
-            "top5": val["top5"],
-            "val_loss": val["loss"],
-            "images_per_s": float(np.mean(images_per_s)) if images_per_s else None,
+            "top1": mean["top1"],
+            "top5": mean["top5"],
+            "val_loss": mean["loss"],
+            "tasks": {
+                task.name: {"top1": v["top1"], "top5": v["top5"], "val_loss": v["loss"]}
+                for task, v in zip(self.sources, per_task, strict=True)
+            },
+            "images_per_s": float(np.mean(self.images_per_s)) if self.images_per_s else None,
             "steps": step,
             "epochs": step / self.steps_per_epoch,
             "world_size": self.env.world_size,
             "seed": self.config.run.seed,
             "wall_time_s": self.progress.wall_s,
         }
-        final = {"hparams/top1": val["top1"], "hparams/top5": val["top5"]}
-        self.logger.log_hparams(flat_dict(self.config), final)
-        if self.env.is_main:
-            (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        if self.config.transfer.source:
+            transfer = self.config.transfer
+            results["transfer"] = {
+                "source": transfer.source,
+                "source_task": transfer.source_task,
+                "mode": transfer.mode,
+            }
         return results
+
+    def _write(self, results: dict[str, Any]) -> None:
+        """HParams, the alpha files, then ``results.json`` (last: it marks the run finished)."""
+        from train.models import write_alpha
+
+        final = {"hparams/top1": results["top1"], "hparams/top5": results["top5"]}
+        self.logger.log_hparams(flat_dict(self.config), final)
+
+        def write_alphas(module: torch.nn.Module) -> None:
+            if self.env.is_main:
+                for path in self.run_dir.alpha_files:
+                    write_alpha(module, path)
+
+        gathered(self.engine, write_alphas)  # a collective under ZeRO-3: every rank enters
+        if self.env.is_main:
+            self.run_dir.write_results(results)
+        keys = ("top1", "trained_params", "total_params")
+        self._print(json.dumps({key: results[key] for key in keys}))
+
+    def _print(self, line: str) -> None:
+        if self.env.is_main:
+            print(line, flush=True)
+
+
+def loader_key(config: Config, task: int) -> str:
+    """The checkpoint name of task ``task``'s loader position: ``loader<t>``, or ``loader`` for a
+    config without a ``tasks`` list (the name single-task checkpoints have always had)."""
+    return f"loader{task}" if config.tasks else "loader"
+
+
+def task_mean(per_task: list[dict[str, float]]) -> dict[str, float]:
+    """The unweighted mean over tasks of each metric."""
+    return {name: float(np.mean([m[name] for m in per_task])) for name in per_task[0]}
 
 
 def learning_rate(config: Config, step: int, total_steps: int) -> float:
@@ -269,6 +416,19 @@ def gathered(engine: Any, read: Any) -> Any:
         return read(engine.module)
 
 
+def alpha_image(alphas: dict[tuple[int, str], np.ndarray], cell: int = 12) -> np.ndarray:
+    """One RGB image: a column per task, its banks' positions x templates heatmaps stacked."""
+    tasks = sorted({task for task, _ in alphas})
+    banks = list(dict.fromkeys(bank for _, bank in alphas))
+    columns = [np.concatenate([alphas[(t, b)] for b in banks], axis=0) for t in tasks]
+    gap = np.full((columns[0].shape[0], 1), np.nan)
+    parts = [p for col in columns for p in (col, gap)][:-1]
+    matrix = np.concatenate(parts, axis=1)
+    image = heatmap(np.nan_to_num(matrix, nan=np.nanmin(matrix)), cell)
+    image[:, np.repeat(np.isnan(matrix).all(0), cell)] = 255  # white gaps between tasks
+    return image
+
+
 def _seed_rank(seed: int, rank: int) -> None:
     """Per-rank random streams (dropout, host-side augmentation) from the run seed."""
     torch.manual_seed(seed * 1000 + rank)
@@ -287,6 +447,11 @@ def _any_rank(*flags: bool) -> tuple[bool, ...]:
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}/{name}": value for name, value in metrics.items()}
+
+
+def _forever(loader: Any) -> Iterator[Any]:
+    while True:
+        yield from loader
 
 
 def _progress_bar(enabled: bool, total: int, initial: int) -> Any:

@@ -13,12 +13,28 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from train.config import Config
 from train.errors import BlockmixError
-from train.models import param_groups
+from train.models import count_params, param_groups
 from train.tasks import MODE_GROUPS
 
 PER_TASK_ROWS = ("logits", "running_mean", "running_var")
 HEAD = re.compile(r"^heads\.(\d+)\.")
+
+
+def prepare_tasks(model: nn.Module, config: Config) -> int:
+    """Before the engine is built: start from ``transfer.source`` (if set) and train only
+    ``transfer.mode``'s parts; the adaptation target starts as a copy of ``adapt.source_task``.
+    Returns the number of trained parameters."""
+    transfer = config.transfer
+    if transfer.source:
+        init_from_source(model, source_state(transfer.source), transfer.source_task)
+        trained = apply_mode(model, transfer.mode)
+    else:
+        trained = count_params(model)
+    if config.adapt.target:  # the target waits, untrained, as a copy of its source task
+        copy_task(model, config.adapt.source_task, len(config.tasks))
+    return trained
 
 
 def source_state(source: str) -> dict[str, Tensor]:

@@ -68,7 +68,8 @@ def train_rate(root: Path, run: Path, steps: int, synthetic: bool) -> float:
             images.clone(), labels.clone(), real.steps_per_epoch, real.num_classes
         )
         real.close()
-    trainer = Trainer(config, distributed.from_environment(), train_loader=loader)
+    loaders = [loader] if loader else None
+    trainer = Trainer(config, distributed.from_environment(), train_loaders=loaders)
     try:
         trainer.fit()
     finally:

@@ -1,4 +1,5 @@
-"""The trainer's early stops, in-process on 1 rank: a non-finite loss and a SIGTERM."""
+"""The trainer's early stops, in-process on 1 rank: a non-finite loss and a SIGTERM, on a
+single-task config and on a multi-task one (two demo domains)."""
 
 from __future__ import annotations
 
@@ -49,21 +50,36 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def trainer(root: Path, run: Path, loader: Batches, *overrides: str):
+# name -> (named config, its overrides, number of tasks)
+CONFIGS = {
+    "single-task": ("demo", (), 1),
+    "multi-task": (
+        "demo_multitask",
+        ("tasks=[{name: digits, root: digits}, {name: inverted, root: inverted}]",),
+        2,
+    ),
+}
+
+
+def trainer(kind: str, root: Path, run: Path, loaders: list[Batches], *overrides: str):
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from train.config import load_config
     from train.distributed import DistEnv, free_port
     from train.trainer import Trainer
 
+    name, extra, tasks = CONFIGS[kind]
+    assert len(loaders) == tasks
     base = [f"data.root={root}", f"run.dir={run}", "train.steps=6", "train.progress=false"]
-    config = load_config("demo", [*base, *overrides])
-    return Trainer(config, DistEnv(master_port=free_port()), train_loader=loader)
+    config = load_config(name, [*base, *extra, *overrides])
+    return Trainer(config, DistEnv(master_port=free_port()), train_loaders=loaders)
 
 
+@pytest.mark.parametrize("kind", CONFIGS)
 def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(
-    demo_root: Path, tmp_path: Path
+    kind: str, demo_root: Path, tmp_path: Path
 ) -> None:
-    run = trainer(demo_root, tmp_path, Batches(nan_from=4), "checkpoint.every=2")
+    loaders = [Batches() for _ in range(CONFIGS[kind][2] - 1)] + [Batches(nan_from=4)]
+    run = trainer(kind, demo_root, tmp_path, loaders, "checkpoint.every=2")
     try:
         with pytest.raises(BlockmixError, match=r"step 4\b.*step00000002"):
             run.fit()
@@ -73,9 +89,11 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(
     assert not (tmp_path / "results.json").exists()
 
 
-def test_sigterm_checkpoints_and_stops(demo_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_sigterm_checkpoints_and_stops(kind: str, demo_root: Path, tmp_path: Path) -> None:
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR2)
-    run = trainer(demo_root, tmp_path, Batches(), "checkpoint.every=0")
+    loaders = [Batches() for _ in range(CONFIGS[kind][2])]
+    run = trainer(kind, demo_root, tmp_path, loaders, "checkpoint.every=0")
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
         assert run.fit() is None

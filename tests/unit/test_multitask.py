@@ -9,7 +9,8 @@ import torch
 from train import models
 from train.config import load_config
 from train.errors import BlockmixError
-from train.multitask import alpha_image, build_model
+from train.taskmodel import build_model
+from train.trainer import alpha_image
 
 OPTIONS = dict(width=16, expansion=2, blocks=4, patch_size=4, head_width=32, templates=2)
 

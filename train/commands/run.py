@@ -37,10 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc:
         return launch_local(args.nproc, ["train", args.config, *args.overrides])
     os.environ.setdefault("DS_ACCELERATOR", _accelerator())
-    if config.tasks:
-        from train.multitask import MultiTaskTrainer as Trainer
-    else:
-        from train.trainer import Trainer
+    from train.trainer import Trainer
 
     trainer, finished = None, False
     try:
