@@ -166,10 +166,12 @@ def table(report_rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(lines: Sequence[dict[str, Any]]) -> str:
-    """The table as Markdown; the paired difference is tmix - baseline in top-1 points."""
+def markdown(lines: Sequence[dict[str, Any]], task_mean: bool = False) -> str:
+    """The table as Markdown; the paired difference is tmix - baseline in top-1 points.
+    ``task_mean``: some runs have several tasks, and their accuracy is the mean of the tasks."""
+    mean = " (mean of tasks)" if task_mean else ""
     header = (
-        "| model | variant | mixing | runs | params | GFLOPs | images/s | top-1 % | top-5 % "
+        f"| model | variant | mixing | runs | params | GFLOPs | images/s | top-1 %{mean} | top-5 %{mean} "
         f"| top-1 diff vs baseline ({CONFIDENCE:.0%} CI) |"
     )
     out = [header, "|" + "---|" * 10]
@@ -246,7 +248,8 @@ def report(paths: Sequence[str | Path], out: Path) -> str:
     if not report_rows:
         raise BlockmixError("no runs to compare")
     lines = table(report_rows)
-    text = markdown(lines)
+    finished = [run.results for row in report_rows for run in row.finished()]
+    text = markdown(lines, task_mean=any(len(r.get("tasks", ())) > 1 for r in finished))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
     write_csv(lines, out.with_suffix(".csv"))
