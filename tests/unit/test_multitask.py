@@ -79,6 +79,8 @@ def test_config_tasks_build_one_model_with_per_task_heads(tmp_path) -> None:
         (["adapt.target=photo", "adapt.source_task=7"], "adapt.source_task"),
         (["adapt.loss=nope"], "adapt.loss"),
         (["model.variant=baseline", "adapt.target=photo"], "adapt.target"),
+        (["model.num_tasks=3"], "model.num_tasks=3 but the tasks list makes 4"),
+        (["tasks=[{root: a, num_classes: -1}]"], "tasks[0]: num_classes"),
     ],
 )
 def test_bad_task_settings_are_one_line_errors(tmp_path, overrides, field) -> None:
@@ -101,3 +103,24 @@ def test_task_roots_are_relative_to_data_root(tmp_path) -> None:
     assert task_data(data, "photo").root == str(tmp_path / "photo")
     assert task_data(data, "/abs/x").root == "/abs/x"
     assert task_data(data, "photo").batch_size == 7
+
+
+def test_run_tasks_of_a_plain_config_and_of_a_tasks_list(tmp_path) -> None:
+    from train.tasks import run_tasks
+
+    (single,) = run_tasks(load_config("demo", [f"data.root={tmp_path / 'digits'}"]))
+    assert (single.name, single.num_classes, single.data.root) == (
+        "digits",
+        10,
+        str(tmp_path / "digits"),
+    )
+    overrides = [
+        f"data.root={tmp_path}",
+        "model.num_classes=7",
+        "tasks=[{root: a}, {root: b, num_classes: 3}]",
+    ]
+    config = load_config("demo_multitask", [*overrides, "adapt.target=c", "adapt.source_task=1"])
+    tasks = run_tasks(config)
+    assert [(t.name, t.num_classes) for t in tasks] == [("a", 7), ("b", 3), ("c", 3)]
+    assert tasks[1].classes_key == "tasks[1].num_classes"
+    assert [h.out_features for h in build_model(config).heads] == [7, 3, 3]
