@@ -78,22 +78,27 @@ def deepspeed_config(
 def optimizer_groups(
     groups: dict[str, list[nn.Parameter]], weight_decay: float, logits_lr_scale: float = 1.0
 ) -> list[dict[str, Any]]:
-    """Optimizer groups: decayed weights; BN and biases without decay; and, where the model has
-    mixture logits, a third group for them: no decay, ``lr_scale`` times the scheduled rate."""
-    decay, no_decay = [], []
+    """Optimizer groups: decayed weights; BN, mixture logits and biases without decay; with a
+    ``logits_lr_scale`` other than 1, the logits in a third group of their own whose rate is that
+    multiple of the scheduled rate (`set_lr`). At 1 the groups, and so the checkpoints'
+    optimizer state, stay those of earlier runs."""
+    own_group = logits_lr_scale != 1.0
+    decay, no_decay, logits = [], [], []
     for name, params in groups.items():
-        if name == "logits":
-            continue
         for param in params:
             if not param.requires_grad:
                 continue
-            (no_decay if name in NO_DECAY_GROUPS or param.ndim <= 1 else decay).append(param)
-    logits = [param for param in groups.get("logits", []) if param.requires_grad]
+            if name == "logits" and own_group:
+                logits.append(param)
+            elif name in NO_DECAY_GROUPS or param.ndim <= 1:
+                no_decay.append(param)
+            else:
+                decay.append(param)
     # DeepSpeed's elastic ZeRO-1/2 checkpoints read a group-level "step" (torch keeps it per
     # tensor); a constant one lets them reshard any torch optimizer's state.
     out = [
-        {"params": decay, "weight_decay": weight_decay, "step": 0, "lr_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "step": 0, "lr_scale": 1.0},
+        {"params": decay, "weight_decay": weight_decay, "step": 0},
+        {"params": no_decay, "weight_decay": 0.0, "step": 0},
     ]
     if logits:
         out.append({"params": logits, "weight_decay": 0.0, "step": 0, "lr_scale": logits_lr_scale})

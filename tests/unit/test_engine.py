@@ -89,6 +89,7 @@ def test_baselines_have_no_logits_group_and_set_lr_scales_the_logits() -> None:
 
     sizes = dict(num_classes=10, width=8, expansion=2, blocks=3, patch_size=4, head_width=16)
     assert len(optimizer_groups(param_groups(build("isometric", **sizes)), 0.05, 3.0)) == 2
+    assert len(optimizer_groups(param_groups(build("isometric", "tmix", **sizes)), 0.05)) == 2
     groups = optimizer_groups(param_groups(build("isometric", "tmix", **sizes)), 0.05, 3.0)
     optimizer = build_optimizer(groups, OptimConfig())
     set_lr(SimpleNamespace(optimizer=optimizer), 0.5)
