@@ -156,7 +156,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.mode": (None, "deeper", "compact"),
     "optim.name": ("sgd", "adamw", "lamb"),
     "train.zero_stage": (0, 1, 2, 3),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16", "bf16_full", "fp16_full"),
 }
 
 

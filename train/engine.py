@@ -2,11 +2,19 @@
 
 Nothing here is hand-written DeepSpeed JSON: batch, accumulation, ZeRO stage, precision and
 clipping come from the config; ``deepspeed.extra`` is merged last for anything else.
+
+Precision (``train.precision``): ``bf16`` and ``fp16`` are autocast mixed precision (DeepSpeed's
+``torch_autocast`` section): weights, gradients, optimizer state and BatchNorm (its statistics
+and its arithmetic) stay fp32, convolutions and matmuls run in the low precision, as in the AMP
+recipes for CNNs. ``bf16_full`` and ``fp16_full`` are DeepSpeed's ``bf16``/``fp16`` modes, which
+cast the whole network, BatchNorm included. ``auto`` is bf16 autocast on a GPU with bf16, else
+fp32.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,14 +39,47 @@ def accumulation_steps(config: Config, world_size: int) -> int:
     return global_batch // per_step
 
 
+#: ``train.precision`` -> (DeepSpeed section, dtype name); autocast modes keep BN and weights fp32
+PRECISIONS: dict[str, tuple[str, str] | None] = {
+    "fp32": None,
+    "bf16": ("torch_autocast", "bfloat16"),
+    "fp16": ("torch_autocast", "float16"),
+    "bf16_full": ("bf16", "bfloat16"),
+    "fp16_full": ("fp16", "float16"),
+}
+
+
 def precision(config: Config, on_gpu: bool) -> str:
-    """The resolved precision: fp32 on the CPU, bf16 (or as configured) on a GPU."""
+    """The resolved precision: ``auto`` is bf16 autocast on a GPU with bf16, else fp32. Autocast
+    bf16 also runs on the CPU; fp16 and the full low-precision modes need a GPU."""
     wanted = config.train.precision
     if wanted == "auto":
         return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
-    if wanted != "fp32" and not on_gpu:
-        raise BlockmixError(f"train.precision={wanted} needs a GPU; use fp32 or auto on the CPU")
+    if wanted not in PRECISIONS:
+        raise BlockmixError(
+            f"train.precision: unknown {wanted!r}; use auto or one of {', '.join(PRECISIONS)}"
+        )
+    if wanted not in ("fp32", "bf16") and not on_gpu:
+        raise BlockmixError(
+            f"train.precision={wanted} needs a GPU; use fp32, bf16 (autocast) or auto on the CPU"
+        )
     return wanted
+
+
+def precision_section(mode: str) -> dict[str, Any]:
+    """The DeepSpeed config entries of a resolved precision ``mode``."""
+    entry = PRECISIONS[mode]
+    if entry is None:
+        return {}
+    section, dtype = entry
+    if section == "torch_autocast":
+        # No module is marked "lower precision safe": gradients are fp32 parameters' gradients
+        # and are reduced in fp32, as under torch AMP with DDP.
+        autocast = {"enabled": True, "dtype": dtype, "lower_precision_safe_modules": []}
+        return {section: autocast}
+    if section == "fp16":
+        return {section: {"enabled": True, "initial_scale_power": 16}}
+    return {section: {"enabled": True}}
 
 
 def deepspeed_config(
@@ -67,11 +108,7 @@ def deepspeed_config(
         ds["gradient_clipping"] = config.train.grad_clip
     if load_universal:
         ds["checkpoint"] = {"load_universal": True}
-    mode = precision(config, on_gpu)
-    if mode == "bf16":
-        ds["bf16"] = {"enabled": True}
-    elif mode == "fp16":
-        ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    ds |= precision_section(precision(config, on_gpu))
     return _deep_merge(ds, config.deepspeed.extra)
 
 
@@ -105,8 +142,11 @@ def optimizer_groups(
     return out
 
 
-def build_optimizer(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with momentum, AdamW or LAMB over the given parameter groups."""
+def build_optimizer(
+    groups: list[dict[str, Any]], config: OptimConfig, on_gpu: bool = False
+) -> torch.optim.Optimizer:
+    """SGD with momentum, AdamW or LAMB over the given parameter groups. LAMB is DeepSpeed's
+    fused CUDA kernel on a GPU (where its op builds), blockmix's `Lamb` on the CPU."""
     groups = [group for group in groups if group["params"]]
     if config.name == "sgd":
         return torch.optim.SGD(
@@ -114,7 +154,32 @@ def build_optimizer(groups: list[dict[str, Any]], config: OptimConfig) -> torch.
         )
     if config.name == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    if on_gpu:
+        fused = _fused_lamb(groups, config)
+        if fused is not None:
+            return fused
     return Lamb(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def _fused_lamb(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer | None:
+    """DeepSpeed's FusedLamb (one CUDA kernel per tensor, no host sync), or None with a warning
+    where its op cannot be built or loaded here. Unlike `Lamb`, it clamps the trust ratio to
+    [0.01, 10] (DeepSpeed's defaults)."""
+    from deepspeed.ops.lamb import FusedLamb
+    from deepspeed.ops.op_builder import FusedLambBuilder
+
+    if not FusedLambBuilder().is_compatible(verbose=False):
+        warnings.warn(
+            "DeepSpeed's FusedLamb op is not available here; using blockmix's Lamb", stacklevel=3
+        )
+        return None
+    try:
+        return FusedLamb(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    except (ImportError, OSError, RuntimeError) as error:
+        warnings.warn(
+            f"DeepSpeed's FusedLamb failed to load ({error}); using blockmix's Lamb", stacklevel=3
+        )
+        return None
 
 
 def initialize(
@@ -129,9 +194,8 @@ def initialize(
     world_size = torch.distributed.get_world_size()
     on_gpu = torch.cuda.is_available()
     optim = config.optim
-    optimizer = build_optimizer(
-        optimizer_groups(groups, optim.weight_decay, optim.logits_lr_scale), optim
-    )
+    decay_groups = optimizer_groups(groups, optim.weight_decay, optim.logits_lr_scale)
+    optimizer = build_optimizer(decay_groups, optim, on_gpu)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -148,7 +212,7 @@ def set_lr(engine: Any, lr: float) -> None:
 
 
 def input_dtype(engine: Any) -> torch.dtype:
-    """The dtype the engine's module expects its inputs in."""
+    """The dtype the engine's module expects its inputs in (fp32 under autocast)."""
     if engine.bfloat16_enabled():
         return torch.bfloat16
     if engine.fp16_enabled():
@@ -157,7 +221,11 @@ def input_dtype(engine: Any) -> torch.dtype:
 
 
 class Lamb(torch.optim.Optimizer):
-    """LAMB (You et al. 2019): AdamW's update scaled per tensor by ||w|| / ||update||."""
+    """LAMB (You et al. 2019): AdamW's update scaled per tensor by ||w|| / ||update||.
+
+    The trust ratio stays a tensor (no host synchronisation per tensor); the step count is a
+    CPU tensor.
+    """
 
     def __init__(
         self,
@@ -192,12 +260,9 @@ class Lamb(torch.optim.Optimizer):
                 var = state["exp_avg_sq"] / (1 - beta2**step)
                 update = mean / (var.sqrt() + group["eps"]) + group["weight_decay"] * param
                 weight_norm, update_norm = param.norm(), update.norm()
-                trust = (
-                    (weight_norm / update_norm).item()
-                    if weight_norm > 0 and update_norm > 0
-                    else 1.0
-                )
-                param.add_(update, alpha=-group["lr"] * trust)
+                usable = (weight_norm > 0) & (update_norm > 0)
+                trust = torch.where(usable, weight_norm / update_norm, torch.ones_like(update_norm))
+                param.add_(update.mul_(trust), alpha=-group["lr"])
         return loss
 
 

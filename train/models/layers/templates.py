@@ -10,6 +10,7 @@ A block's kernels are flattened side by side into one row, so a bank's kernel te
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -154,8 +155,11 @@ class TemplateBank(nn.Module):
 
     def forward(self, task: int = 0) -> list[dict[str, Tensor]]:
         """Every position's parameters for ``task``: one (L, K) @ (K, P) contraction for the
-        kernels and one for the small 1-d parameter matrix."""
-        parts = iter(_Mix.apply(self.alpha(task), self.layout, *self.matrices()))
+        kernels and one for the small 1-d parameter matrix. Mixed in fp32 under autocast too, so
+        that BN gamma/beta stay fp32 and kernels are cast at the convolution, like a baseline's."""
+        device = self.templates.device.type
+        with torch.autocast(device, enabled=False) if _autocasting(device) else nullcontext():
+            parts = iter(_Mix.apply(self.alpha(task), self.layout, *self.matrices()))
         return [{name: next(parts) for name in self.shapes} for _ in range(self.num_positions)]
 
     def mix_naive(self, task: int = 0) -> list[dict[str, Tensor]]:
@@ -178,6 +182,11 @@ class TemplateBank(nn.Module):
             f"params_per_template={self.templates.shape[1] + self.norm_templates.shape[1]}, "
             f"coefficients={self.mixing.coefficients}"
         )
+
+
+def _autocasting(device: str) -> bool:
+    """Whether autocast is on for ``device`` (never for devices autocast does not know)."""
+    return device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
 
 
 def _width(shapes: dict[str, tuple[int, ...]]) -> int:
