@@ -23,6 +23,7 @@ from torch import nn
 
 from train.config import Config, OptimConfig
 from train.errors import BlockmixError
+from train.host_memory import keep_freed_memory
 
 NO_DECAY_GROUPS = ("norm_templates", "bn", "logits")
 
@@ -188,8 +189,11 @@ def initialize(
     config: Config,
     load_universal: bool = False,
 ):
-    """The DeepSpeed engine for ``model`` (process group already up); returns the engine."""
+    """The DeepSpeed engine for ``model`` (process group already up); returns the engine. Also
+    fixes the host allocator for training (`host_memory.keep_freed_memory`)."""
     import deepspeed
+
+    keep_freed_memory()
 
     world_size = torch.distributed.get_world_size()
     on_gpu = torch.cuda.is_available()
