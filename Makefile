@@ -10,7 +10,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup test lint bench-models bench-data bench-train demo
+.PHONY: setup test lint bench-models bench-data bench-train bench-gpu demo
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ bench-data: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) tests/benchmarks/bench_train.py
+
+# Needs only torch and the model code: the venv's python where there is one, else $(PYTHON) (a
+# lent GPU machine has torch but none of DALI, DeepSpeed, OmegaConf). BENCH_GPU_ARGS=--cpu: tiny.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+BENCH_GPU_ARGS ?=
+bench-gpu:
+	PYTHONPATH=. $(GPU_PY) tests/benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
 
 # The demo: the digits data, a sweep of the demo baseline against its matched template variants
 # (slurm/sweeps/demo.yaml), then the comparison table. CLUSTER=slurm submits to SLURM instead of
