@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,22 +59,20 @@ def prepare_demo(out: str | Path, workers: int | None = None) -> PreparedDemo:
 
     out = Path(out).expanduser().absolute()
     digits = load_digits()
-    ink = _upscale(digits.images / 16.0)
+    ink = upscale_ink(digits.images / 16.0)
     labels = digits.target.astype(np.int64)
-    is_val = _stratified_val(labels)
+    is_val = stratified_val(labels)
     indexes = {}
     for domain in DOMAINS:
-        staging = out / f".{domain}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        for split, label in itertools.product(("train", "val"), np.unique(labels).tolist()):
-            (staging / split / str(label)).mkdir(parents=True)
-        for i, pixels in enumerate(_render(domain, ink)):
-            split = "val" if is_val[i] else "train"
-            (staging / split / str(labels[i]) / f"{i:04d}.jpg").write_bytes(_jpeg(pixels))
-        prepare_index(staging, workers=workers)
-        shutil.rmtree(out / domain, ignore_errors=True)
-        staging.rename(out / domain)
-        indexes[domain] = load_index(out / domain)
+
+        def fill(staging: Path, domain: str = domain) -> None:
+            for split, label in itertools.product(("train", "val"), np.unique(labels).tolist()):
+                (staging / split / str(label)).mkdir(parents=True)
+            for i, pixels in enumerate(_render(domain, ink)):
+                split = "val" if is_val[i] else "train"
+                (staging / split / str(labels[i]) / f"{i:04d}.jpg").write_bytes(jpeg(pixels))
+
+        indexes[domain] = write_domain(out, domain, fill, workers)
     save_index(indexes[DEFAULT_DOMAIN], out)
     write_json_atomic(
         out / DOMAINS_FILE,
@@ -108,7 +107,22 @@ def load_domain(root: str | Path, domain: str) -> DatasetIndex:
     return load_index(Path(root) / domain)
 
 
-def _upscale(images: np.ndarray) -> np.ndarray:
+def write_domain(
+    out: Path, domain: str, fill: Callable[[Path], None], workers: int | None = None
+) -> DatasetIndex:
+    """Write the domain ``out/domain`` whole: ``fill(staging)`` writes its ImageFolder into a
+    staging folder, which is indexed and then renamed into place; returns the domain's index."""
+    staging = out / f".{domain}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    fill(staging)
+    prepare_index(staging, workers=workers)
+    shutil.rmtree(out / domain, ignore_errors=True)
+    staging.rename(out / domain)
+    return load_index(out / domain)
+
+
+def upscale_ink(images: np.ndarray) -> np.ndarray:
     """(N, 8, 8) in [0, 1] -> (N, IMAGE_SIZE, IMAGE_SIZE) float32 ink, bicubic, in [0, 1]."""
     size = (IMAGE_SIZE, IMAGE_SIZE)
     big = [
@@ -118,7 +132,7 @@ def _upscale(images: np.ndarray) -> np.ndarray:
     return np.clip(np.stack(big), 0.0, 1.0)
 
 
-def _stratified_val(labels: np.ndarray) -> np.ndarray:
+def stratified_val(labels: np.ndarray) -> np.ndarray:
     """A boolean mask choosing round(VAL_FRACTION * n) samples of every class for val."""
     rng = np.random.default_rng(SEED)
     is_val = np.zeros(len(labels), bool)
@@ -158,7 +172,8 @@ def _photo_patches(rng: np.random.Generator, n: int) -> np.ndarray:
     return patches
 
 
-def _jpeg(pixels: np.ndarray) -> bytes:
+def jpeg(pixels: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 pixels as the bytes of a JPEG file (fixed settings: same bytes every time)."""
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=False)
     return buffer.getvalue()
