@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from data_pipeline.prepare.atomic import write_json_atomic
 from data_pipeline.prepare.check import default_workers
@@ -65,6 +66,7 @@ SHEAR = 0.4  # MNIST-C shear, severity 2 (radians, skimage's AffineTransform)
 SCALE = 0.7  # MNIST-C scale, severity 3 (inverse map scale 1/0.7)
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
 CHUNK = 1000
+PROGRESS_MIN_FILES = 2000
 MAX_IDX_BYTES = 100_000 * DIGIT_SIZE * DIGIT_SIZE  # MNIST has 70,000 digits
 SEED = 0
 
@@ -251,8 +253,12 @@ def _fill(
                     _write_chunk, staging, domain, split, ids[chunk], pixels[chunk], labels[chunk]
                 )
             )
-    for job in jobs:
-        job.result()
+    total = sum(len(ids) for ids, _, _ in digits.values())
+    with tqdm(
+        total=total, desc=f"writing {domain}", unit="file", disable=total < PROGRESS_MIN_FILES
+    ) as bar:
+        for job in jobs:
+            bar.update(job.result())
 
 
 def _usps_like() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -271,12 +277,13 @@ def _usps_like() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 def _write_chunk(
     staging: Path, domain: str, split: str, ids: np.ndarray, pixels: np.ndarray, labels: np.ndarray
-) -> None:
-    """Render and write one chunk of a domain (runs in a worker process)."""
+) -> int:
+    """Render and write one chunk of a domain (runs in a worker process); its image count."""
     for index, digit, label in zip(ids.tolist(), pixels, labels.tolist(), strict=True):
         rng = np.random.default_rng([SEED, DOMAINS.index(domain), SPLITS.index(split), index])
         path = staging / split / str(label) / f"{index:05d}.jpg"
         path.write_bytes(jpeg(render(domain, digit, rng)))
+    return len(ids)
 
 
 def render(domain: str, digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
