@@ -73,16 +73,13 @@ def prepare_demo(out: str | Path, workers: int | None = None) -> PreparedDemo:
                 (staging / split / str(labels[i]) / f"{i:04d}.jpg").write_bytes(jpeg(pixels))
 
         indexes[domain] = write_domain(out, domain, fill, workers)
-    save_index(indexes[DEFAULT_DOMAIN], out)
-    write_json_atomic(
-        out / DOMAINS_FILE,
-        {
-            "default": DEFAULT_DOMAIN,
-            "domains": list(DOMAINS),
-            "image_size": IMAGE_SIZE,
-            "source": "sklearn.datasets.load_digits (photo backgrounds: load_sample_images)",
-            "samples": {name: len(s) for name, s in indexes[DEFAULT_DOMAIN].splits.items()},
-        },
+    write_domains_file(
+        out,
+        indexes,
+        DEFAULT_DOMAIN,
+        image_size=IMAGE_SIZE,
+        source="sklearn.datasets.load_digits (photo backgrounds: load_sample_images)",
+        samples={name: len(s) for name, s in indexes[DEFAULT_DOMAIN].splits.items()},
     )
     return PreparedDemo(out, indexes)
 
@@ -120,6 +117,15 @@ def write_domain(
     shutil.rmtree(out / domain, ignore_errors=True)
     staging.rename(out / domain)
     return load_index(out / domain)
+
+
+def write_domains_file(
+    out: Path, indexes: dict[str, DatasetIndex], default: str, **info: object
+) -> None:
+    """Index the ``default`` domain at ``out`` too, then write ``out/domains.json``: the default,
+    the domains in order and ``info``."""
+    save_index(indexes[default], out)
+    write_json_atomic(out / DOMAINS_FILE, {"default": default, "domains": list(indexes), **info})
 
 
 def upscale_ink(images: np.ndarray) -> np.ndarray:

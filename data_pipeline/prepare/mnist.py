@@ -34,17 +34,23 @@ import multiprocessing
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_pipeline.prepare.atomic import write_json_atomic
 from data_pipeline.prepare.check import default_workers
-from data_pipeline.prepare.demo import DOMAINS_FILE, jpeg, stratified_val, upscale_ink, write_domain
-from data_pipeline.prepare.index import DatasetIndex, save_index
+from data_pipeline.prepare.demo import (
+    DOMAINS_FILE,
+    jpeg,
+    stratified_val,
+    upscale_ink,
+    write_domain,
+    write_domains_file,
+)
+from data_pipeline.prepare.index import DatasetIndex
 from train.errors import BlockmixError
 
 DOMAINS = ("mnist", "shot_noise", "shear", "scale", "mnist_m", "usps_like")
@@ -114,26 +120,20 @@ def prepare_mnist(
     indexes = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         for domain in DOMAINS:
-
-            def fill(staging: Path, domain: str = domain) -> None:
-                _fill(pool, staging, domain, digits)
-
+            fill = partial(_fill, pool, domain=domain, digits=digits)
             indexes[domain] = write_domain(out, domain, fill, workers)
-    save_index(indexes[DEFAULT_DOMAIN], out)
-    write_json_atomic(
-        out / DOMAINS_FILE,
-        {
-            "default": DEFAULT_DOMAIN,
-            "domains": list(DOMAINS),
-            "image_size": IMAGE_SIZE,
-            "source": "MNIST idx files (sha256 below); usps_like: sklearn.datasets.load_digits",
-            "source_sha256": hashes,
-            "mnist_m_photos": [name for name, _ in _photos()],
-            "subset": {"train_size": train_size, "val_size": val_size, "seed": SEED},
-            "samples": {
-                domain: {name: len(split) for name, split in index.splits.items()}
-                for domain, index in indexes.items()
-            },
+    write_domains_file(
+        out,
+        indexes,
+        DEFAULT_DOMAIN,
+        image_size=IMAGE_SIZE,
+        source="MNIST idx files (sha256 below); usps_like: sklearn.datasets.load_digits",
+        source_sha256=hashes,
+        mnist_m_photos=[name for name, _ in _photos()],
+        subset={"train_size": train_size, "val_size": val_size, "seed": SEED},
+        samples={
+            domain: {name: len(split) for name, split in index.splits.items()}
+            for domain, index in indexes.items()
         },
     )
     return PreparedMnist(out, indexes)
