@@ -19,8 +19,8 @@ subset of MNIST's 60,000 training digits, val of its 10,000 test digits (``--tra
 Each image's randomness is seeded by (domain, split, its MNIST index), so any subset and any
 number of worker processes give the same bytes. Layout and writing follow ``prepare demo``:
 ``OUT/<domain>/{train,val}/<digit>/<index>.jpg``, each domain indexed and renamed into place
-whole; ``OUT/.blockmix/`` is the index of ``mnist``; ``OUT/domains.json`` lists the domains and
-is written last (and removed first, so an interrupted run leaves none).
+whole; ``OUT/.blockmix/`` is the index of ``mnist``; ``OUT/domains.json`` lists the domains.
+Both are written last and removed first, so an interrupted run leaves neither.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import importlib.util
 import itertools
 import math
 import multiprocessing
+import shutil
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from data_pipeline.prepare.demo import (
     write_domain,
     write_domains_file,
 )
-from data_pipeline.prepare.index import DatasetIndex
+from data_pipeline.prepare.index import DatasetIndex, index_dir
 from train.errors import BlockmixError
 
 DOMAINS = ("mnist", "shot_noise", "shear", "scale", "mnist_m", "usps_like")
@@ -115,7 +116,8 @@ def prepare_mnist(
         pixels, targets = found[split]
         chosen = stratified_subset(targets, size, flag, SPLITS.index(split))
         digits[split] = (chosen, pixels[chosen], targets[chosen])
-    (out / DOMAINS_FILE).unlink(missing_ok=True)
+    (out / DOMAINS_FILE).unlink(missing_ok=True)  # an interrupted run leaves no stale top level
+    shutil.rmtree(index_dir(out), ignore_errors=True)
     workers = max(1, workers or default_workers())
     indexes = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
