@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
@@ -21,10 +24,23 @@ def test_padding_is_left_out_and_topk_is_right() -> None:
 
 
 def test_evaluate_runs_a_forward_over_batches() -> None:
-    model = torch.nn.Linear(3, 4)
-    batches = [(torch.randn(5, 3), torch.randint(0, 4, (5,)), torch.ones(5, dtype=torch.bool))] * 2
-    got = evaluate(model, batches, ClassificationMetrics(4), "cpu")
-    assert set(got) == {"loss", "top1", "top5"} and got["top5"] == 100.0
+    model = torch.nn.Linear(6, 6, bias=False)
+    torch.nn.init.eye_(model.weight)  # the logits are the images
+    ranked = [5.0, 4, 3, 2, 1, 0]
+    batches = [
+        (  # label 0: top-1; label 4: 5th best (top-5 only); label 5: 6th; padding
+            torch.tensor([ranked, ranked, ranked, [0, 0, 0, 0, 0, 9.0]]),
+            torch.tensor([0, 4, 5, 5]),
+            torch.tensor([True, True, True, False]),
+        ),
+        (torch.tensor([[0, 0, 0, 0, 0, 9.0]]), torch.tensor([5]), torch.tensor([True])),
+    ]
+    got = evaluate(model, batches, ClassificationMetrics(6), "cpu")
+    ranked_lse = 5 + math.log(sum(math.exp(-k) for k in range(6)))
+    spike_lse = 9 + math.log(1 + 5 * math.exp(-9))
+    losses = [ranked_lse - 5, ranked_lse - 1, ranked_lse - 0, spike_lse - 9]
+    assert got["top1"] == 50.0 and got["top5"] == 75.0
+    assert got["loss"] == pytest.approx(sum(losses) / 4, rel=1e-6)
 
 
 def test_step_timer_window() -> None:

@@ -29,7 +29,10 @@ def test_no_warmup_starts_at_the_peak() -> None:
 
 
 def test_is_a_pure_function_of_the_step() -> None:
-    args = {"lr": 0.1, "total_steps": 100, "warmup_steps": 10}
-    assert [warmup_cosine(s, **args) for s in (3, 50, 3)] == [
-        warmup_cosine(s, **args) for s in (3, 50, 3)
-    ]
+    # warmup step 0 reaches the peak; then 9 decay steps: cos(pi/3) = 0.5, cos(2 pi/3) = -0.5
+    args = {"lr": 0.4, "total_steps": 11, "warmup_steps": 1}
+    expected = {0: 0.4, 4: 0.4 * 0.75, 7: 0.4 * 0.25, 10: 0.0}
+    for order in ([0, 4, 7, 10], [10, 7, 4, 0], [7, 0, 10, 4, 7]):
+        assert [warmup_cosine(s, **args) for s in order] == pytest.approx(
+            [expected[s] for s in order], abs=1e-12
+        )
