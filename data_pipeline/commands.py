@@ -138,7 +138,7 @@ def _print_domains(indexes: dict) -> None:
 
 
 def _file_lists(pairs: list[str]) -> dict[str, str]:
-    from train.errors import BlockmixError
+    from data_pipeline.errors import BlockmixError
 
     lists = {}
     for pair in pairs:

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from data_pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from data_pipeline.errors import BlockmixError
 from data_pipeline.order import EvalOrder, TrainOrder, crop_windows, epoch_permutation
-from train.errors import BlockmixError
 
 if TYPE_CHECKING:
-    from data_pipeline.prepare.index import DatasetIndex, Split
+    from data_pipeline.index_format import DatasetIndex, Split
 
 
 class Batch(NamedTuple):
@@ -300,7 +300,7 @@ def _load_index(root: str) -> DatasetIndex:
             f"data.root {root!r} is not a folder; run `blockmix prepare demo OUT` or point "
             "data.root at a prepared dataset"
         )
-    from data_pipeline.prepare.index import load_index
+    from data_pipeline.index_format import load_index
 
     try:
         return load_index(root)

@@ -1,8 +1,6 @@
-"""The one user-facing error type of blockmix."""
+"""The one user-facing error type of blockmix, defined in the bottom layer (`data_pipeline.errors`)
+and importable from here by `train` and `slurm` code."""
 
+from data_pipeline.errors import BlockmixError
 
-class BlockmixError(Exception):
-    """A problem with the user's input: the CLI prints its one-line message and exits 2.
-
-    Messages name the file or field at fault and what to do about it.
-    """
+__all__ = ["BlockmixError"]

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_pipeline.prepare.atomic import write_json_atomic
-from data_pipeline.prepare.index import DatasetIndex, load_index, save_index
+from data_pipeline.atomic import write_json_atomic
+from data_pipeline.errors import BlockmixError
+from data_pipeline.index_format import DatasetIndex, load_index, save_index
 from data_pipeline.prepare.scan import prepare_index
-from train.errors import BlockmixError
 
 DOMAINS = ("digits", "inverted", "noisy", "photo")
 DEFAULT_DOMAIN = "digits"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.prepare.atomic import writable_folder, write_json_atomic
+from data_pipeline.atomic import writable_folder, write_json_atomic
+from data_pipeline.errors import BlockmixError
+from data_pipeline.index_format import SPLIT_NAME, DatasetIndex, Split, index_dir, save_index
 from data_pipeline.prepare.check import DECODE_PIXEL_LIMIT, ImageCheck, check_images
-from data_pipeline.prepare.index import SPLIT_NAME, DatasetIndex, Split, index_dir, save_index
-from train.errors import BlockmixError
 
 REPORT_FILE = "index_report.json"
 IMAGE_FOLDER_SPLITS = ("train", "val")

@@ -22,22 +22,22 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.prepare.atomic import (
+from data_pipeline.atomic import (
     writable_folder,
     write_atomic,
     write_bytes_atomic,
     write_json_atomic,
 )
-from data_pipeline.prepare.check import default_workers
-from data_pipeline.prepare.index import DatasetIndex, Split, load_index, save_index
-from data_pipeline.prepare.manifest import (
+from data_pipeline.errors import BlockmixError
+from data_pipeline.index_format import DatasetIndex, Split, load_index, save_index
+from data_pipeline.manifest import (
     FORMAT,
     MANIFEST_FILE,
     VERSION,
     read_manifest,
     sha256_file,
 )
-from train.errors import BlockmixError
+from data_pipeline.prepare.check import default_workers
 
 WDS_INDEX_VERSION = "v1.2"  # the index format of DALI's wds2idx
 _TAR_BLOCK = 512

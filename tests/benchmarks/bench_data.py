@@ -35,7 +35,7 @@ from PIL import Image
 from stats import Spread, ratios, verdict
 
 from data_pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from data_pipeline.prepare.index import DatasetIndex, Split, load_index, save_index
+from data_pipeline.index_format import DatasetIndex, Split, load_index, save_index
 
 # torch, scikit-learn and DALI are imported where used: the scale child process must stay lean.
 

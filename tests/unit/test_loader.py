@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from data_pipeline.config import DataConfig
+from data_pipeline.index_format import DatasetIndex, Split, save_index
 from data_pipeline.loader import DaliLoader, check_num_classes, normalize
-from data_pipeline.prepare.index import DatasetIndex, Split, save_index
 from train.errors import BlockmixError
 
 NUM_SAMPLES = 20

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipeline.index_format import load_index
 from data_pipeline.prepare.demo import DOMAINS, demo_domains, load_domain, prepare_demo
-from data_pipeline.prepare.index import load_index
 from train.cli import main
 from train.errors import BlockmixError
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.prepare.index import DatasetIndex, Split, load_index, save_index
+from data_pipeline.index_format import DatasetIndex, Split, load_index, save_index
 from data_pipeline.prepare.scan import prepare_index, summary_lines
 from train.cli import main
 from train.errors import BlockmixError

@@ -14,7 +14,7 @@ from nvidia.dali import fn, pipeline_def
 from PIL import Image
 from wds2idx import IndexCreator
 
-from data_pipeline.prepare.index import load_index
+from data_pipeline.index_format import load_index
 from data_pipeline.prepare.scan import prepare_index
 from data_pipeline.prepare.shards import prepare_shards
 from train.cli import main

@@ -1,4 +1,5 @@
-"""The dataset index: classes and per-split samples, stored as numpy arrays so that it loads fast.
+"""The dataset index format, written by ``prepare`` and read by the loader: classes and per-split
+samples, stored as numpy arrays so that it loads fast.
 
 An index lives in ``FOLDER/.blockmix/``: ``index.json`` (format version, data root, classes, split
 sizes and a token) and ``index.npz`` (per split: a table of paths, labels, image sizes and, for
@@ -21,9 +22,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from data_pipeline.prepare.atomic import write_atomic, write_json_atomic
-from data_pipeline.prepare.manifest import verify_manifest
-from train.errors import BlockmixError
+from data_pipeline.atomic import write_atomic, write_json_atomic
+from data_pipeline.errors import BlockmixError
+from data_pipeline.manifest import verify_manifest
 
 INDEX_DIR = ".blockmix"
 HEADER_FILE = "index.json"
@@ -115,7 +116,8 @@ def load_index(root: str | Path) -> DatasetIndex:
         raise BlockmixError(_missing_index_message(folder))
     index = _read_index(folder, directory)
     if any(split.offsets is not None for split in index.splits.values()):
-        verify_manifest(folder, index, directory)
+        files = {name: split.files for name, split in index.splits.items()}
+        verify_manifest(folder, index.classes, files, directory)
     return index
 
 

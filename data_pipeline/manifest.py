@@ -12,15 +12,13 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from data_pipeline.prepare.atomic import write_json_atomic
-from train.errors import BlockmixError
-
-if TYPE_CHECKING:
-    from data_pipeline.prepare.index import DatasetIndex
+from data_pipeline.atomic import write_json_atomic
+from data_pipeline.errors import BlockmixError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "blockmix-shards"
@@ -55,26 +53,29 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_manifest(folder: Path, index: DatasetIndex, cache_dir: Path) -> None:
-    """Check the shards of ``folder`` against its manifest and ``index``: counts, sizes, sha256.
+def verify_manifest(
+    folder: Path, classes: list[str], files: Mapping[str, Sequence[str]], cache_dir: Path
+) -> None:
+    """Check the shards of ``folder`` against its manifest and an index's ``classes`` and per-split
+    sample ``files`` (a shard path per sample): counts, sizes, sha256.
 
     Checksums of unchanged files are remembered in ``cache_dir/verified.json``.
     """
     manifest = read_manifest(folder)
     where = folder / MANIFEST_FILE
     try:
-        if manifest["classes"] != index.classes:
+        if manifest["classes"] != classes:
             raise BlockmixError(
                 f"{where}: classes differ from the index; rerun `blockmix prepare shards`"
             )
-        if set(manifest["splits"]) != set(index.splits):
+        if set(manifest["splits"]) != set(files):
             raise BlockmixError(
                 f"{where}: splits {sorted(manifest['splits'])} differ from the index's "
-                f"{sorted(index.splits)}; rerun `blockmix prepare shards`"
+                f"{sorted(files)}; rerun `blockmix prepare shards`"
             )
         expected: dict[str, str] = {}
         for name, entry in manifest["splits"].items():
-            _check_counts(where, name, entry, Counter(index.splits[name].files))
+            _check_counts(where, name, entry, Counter(files[name]))
             for shard in entry["shards"]:
                 _check_size(folder, shard["tar"], shard["bytes"], where)
                 expected[shard["tar"]] = shard["sha256"]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from train.errors import BlockmixError
+from data_pipeline.errors import BlockmixError
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
