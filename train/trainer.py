@@ -35,7 +35,7 @@ from train import engine as ds
 from train.checkpoint import Checkpointer, RNGState, needs_universal
 from train.config import Config, flat_dict, method_settings, to_yaml
 from train.errors import BlockmixError
-from train.loggers import Logger, NullLogger, TensorBoardLogger, heatmap
+from train.loggers import Logger, NullLogger, TensorBoardLogger
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
 from train.rundir import RunDir
 from train.schedules import warmup_cosine
@@ -305,10 +305,6 @@ class Trainer:
         if not alphas:
             return
         self.logger.log_alphas(alphas, step)
-        if isinstance(self.logger, TensorBoardLogger):
-            self.logger.writer.add_image(
-                "alpha/tasks", alpha_image(alphas), step, dataformats="HWC"
-            )
 
     def _results(self, per_task: list[dict[str, float]]) -> dict[str, Any]:
         """``results.json``: the task mean as ``top1``/``top5``/``val_loss``, plus ``tasks``."""
@@ -414,19 +410,6 @@ def gathered(engine: Any, read: Any) -> Any:
     enabled = engine.zero_optimization_stage() == 3
     with deepspeed.zero.GatheredParameters(params, enabled=enabled):
         return read(engine.module)
-
-
-def alpha_image(alphas: dict[tuple[int, str], np.ndarray], cell: int = 12) -> np.ndarray:
-    """One RGB image: a column per task, its banks' positions x templates heatmaps stacked."""
-    tasks = sorted({task for task, _ in alphas})
-    banks = list(dict.fromkeys(bank for _, bank in alphas))
-    columns = [np.concatenate([alphas[(t, b)] for b in banks], axis=0) for t in tasks]
-    gap = np.full((columns[0].shape[0], 1), np.nan)
-    parts = [p for col in columns for p in (col, gap)][:-1]
-    matrix = np.concatenate(parts, axis=1)
-    image = heatmap(np.nan_to_num(matrix, nan=np.nanmin(matrix)), cell)
-    image[:, np.repeat(np.isnan(matrix).all(0), cell)] = 255  # white gaps between tasks
-    return image
 
 
 def _seed_rank(seed: int, rank: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,7 +9,6 @@ from train import models
 from train.config import load_config
 from train.errors import BlockmixError
 from train.taskmodel import build_model
-from train.trainer import alpha_image
 
 OPTIONS = dict(width=16, expansion=2, blocks=4, patch_size=4, head_width=32, templates=2)
 
@@ -86,13 +84,6 @@ def test_config_tasks_build_one_model_with_per_task_heads(tmp_path) -> None:
 def test_bad_task_settings_are_one_line_errors(tmp_path, overrides, field) -> None:
     with pytest.raises(BlockmixError, match=field.replace("[", r"\[").replace("]", r"\]")):
         load_config("demo_multitask", [f"data.root={tmp_path}", *overrides])
-
-
-def test_alpha_image_puts_tasks_side_by_side() -> None:
-    alphas = {(t, b): np.full((n, 2), t + 0.5) for t in range(3) for b, n in (("a", 2), ("b", 3))}
-    image = alpha_image(alphas, cell=4)
-    assert image.shape == (5 * 4, (3 * 2 + 2) * 4, 3)
-    assert (image[:, 8:12] == 255).all()  # the gap between task 0 and task 1
 
 
 def test_task_roots_are_relative_to_data_root(tmp_path) -> None:
