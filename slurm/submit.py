@@ -9,6 +9,7 @@ before the time limit, so that a `slurm.tasks.Task` is checkpointed and requeued
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -26,6 +27,9 @@ from train.errors import BlockmixError
 
 _RAISED = re.compile(r"[A-Za-z_][\w.]*: ")
 JOB_FOLDER = "%j"  # submitit puts each job's pickles and logs in log_root/<job id>
+# Jobs run `python -m submitit.core._submit` in the submitting directory; -P keeps that directory
+# off sys.path, so that its train.py or slurm.py cannot replace blockmix's packages.
+JOB_PYTHON = shlex.join((sys.executable, "-P"))
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ def make_executor(
         cluster=cluster.executor,
         slurm_max_num_timeout=cluster.max_timeout_requeues,
         local_max_num_timeout=cluster.max_timeout_requeues,
+        slurm_python=JOB_PYTHON,
+        local_python=JOB_PYTHON,
     )
     executor.update_parameters(**_parameters(cluster, resources, name, stop_signal))
     return executor

@@ -145,12 +145,14 @@ def _forget_deepspeed_groups() -> None:
 
 
 def launch_local(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``python -m train ARGV`` as ``nproc`` ranks on this host; return the worst exit code.
+    """Run ``blockmix ARGV`` as ``nproc`` ranks on this host; return the worst exit code.
 
-    SIGTERM/SIGUSR2 sent to this process are passed on to every rank. When a rank fails, the
-    others are given a few seconds and then terminated.
+    Each rank is ``python -P -m train ARGV``: ``-P`` keeps the working directory off
+    ``sys.path``, so a ``train.py`` or ``slurm.py`` where the user stands cannot replace
+    blockmix's packages. SIGTERM/SIGUSR2 sent to this process are passed on to every rank. When a
+    rank fails, the others are given a few seconds and then terminated.
     """
-    port = free_port()
+    port, command = free_port(), [sys.executable, "-P", "-m", "train", *argv]
     children = []
     for rank in range(nproc):
         env = dict(
@@ -162,7 +164,7 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
         )
-        children.append(subprocess.Popen([sys.executable, "-m", "train", *argv], env=env))
+        children.append(subprocess.Popen(command, env=env))
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

@@ -89,6 +89,8 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
 
 def test_a_violation_is_seen(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
-    source.write_text("def f():\n    from train.errors import BlockmixError\n    import slurm.cli\n")
+    source.write_text(
+        "def f():\n    from train.errors import BlockmixError\n    import slurm.cli\n"
+    )
     modules = {"train.errors": Path("train/errors.py")}
     assert imported(source, modules) == {"train.errors", "slurm.cli"}
