@@ -1,4 +1,4 @@
-"""Unsupervised multi-source domain adaptation by mixture logits (METHOD.md §4).
+"""Unsupervised multi-source domain adaptation by mixture logits (README, "The method" §4).
 
 The target task's mixture logits (and, optionally, the stem) are the only trained parameters;
 the loss compares pooled last-block features of unlabeled target images with those of the

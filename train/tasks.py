@@ -1,4 +1,5 @@
-"""The tasks of a run (METHOD.md §4) and their sub-configs: tasks, transfer and adaptation.
+"""The tasks of a run (README, "The method" §4) and their sub-configs: tasks, transfer and
+adaptation.
 
 Every run trains a list of tasks with one `train.trainer.Trainer`; a config without a ``tasks``
 list is the run of one task on ``data.root`` with ``model.num_classes`` classes. With a list, task

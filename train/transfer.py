@@ -1,5 +1,5 @@
-"""Transfer by mixture weights (METHOD.md §4): source weights in, one task's rows copied to
-another, and the fine-tune modes that choose what trains.
+"""Transfer by mixture weights (README, "The method" §4): source weights in, one task's rows copied
+to another, and the fine-tune modes that choose what trains.
 
 Per-task tensors are the mixture logits (tasks, L, K), the BN running statistics (tasks, C) and
 the heads ``heads.<t>.*``; everything else (templates, unshared layers) is shared by all tasks.

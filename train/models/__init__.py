@@ -1,4 +1,4 @@
-"""Template-mixture networks and their baselines (METHOD.md §1-3).
+"""Template-mixture networks and their baselines (README, "The method" §1-3).
 
 ``build(name, variant, num_classes, mode, num_tasks, **overrides)`` constructs a registered
 model; every model's forward is ``model(x, task=0)``. The helpers below serve the optimizer

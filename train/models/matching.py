@@ -1,5 +1,5 @@
-"""Parameter-matched pairs (METHOD.md §3): a template variant and a baseline whose trainable
-parameter counts agree within a tolerance, found by searching the free sizes.
+"""Parameter-matched pairs (README, "The method" §3): a template variant and a baseline whose
+trainable parameter counts agree within a tolerance, found by searching the free sizes.
 
 - ``deeper``: every bank gets ``depth_multiplier`` times the baseline's shared positions and as
   many templates as the baseline has shared blocks; the extra logits are paid for by trimming the

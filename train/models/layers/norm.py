@@ -1,4 +1,4 @@
-"""BatchNorm whose running statistics belong to one task each (METHOD.md §1, §4)."""
+"""BatchNorm whose running statistics belong to one task each (README, "The method" §1, §4)."""
 
 from __future__ import annotations
 

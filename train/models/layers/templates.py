@@ -3,8 +3,8 @@
 A block's kernels are flattened side by side into one row, so a bank's kernel templates are one
 (K, P) matrix and all positions' kernels come from one contraction per forward:
 ``alpha[task]`` (L, K) @ templates (K, P) -> (L, P), then cheap views per position and name
-(METHOD.md §1). The block's 1-d parameters (BN gamma/beta, biases) live in a second, small
-(K, P_norm) matrix mixed by the same alpha, so that the optimizer can leave them undecayed.
+(README, "The method" §1). The block's 1-d parameters (BN gamma/beta, biases) live in a second,
+small (K, P_norm) matrix mixed by the same alpha, so that the optimizer can leave them undecayed.
 """
 
 from __future__ import annotations
