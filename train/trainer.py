@@ -304,7 +304,7 @@ class Trainer:
         alphas = gathered(self.engine, alpha_matrices)
         if not alphas:
             return
-        self.logger.log_alphas(alphas, step)
+        self.logger.log_alphas(alphas, step, self.config.model.mixing.coefficients)
 
     def _results(self, per_task: list[dict[str, float]]) -> dict[str, Any]:
         """``results.json``: the task mean as ``top1``/``top5``/``val_loss``, plus ``tasks``."""
