@@ -122,7 +122,7 @@ def test_training_learns_and_reports(reference: tuple[Path, str]) -> None:
     assert [event.step for event in events.Scalars("val/top1")] == [30, STEPS]
     alpha_tags = [tag for tag in tags["images"] if tag.startswith("alpha/task0/")]
     assert alpha_tags and [image.step for image in events.Images(alpha_tags[0])] == [30, STEPS]
-    assert any(tag.startswith("alpha/task0/") for tag in tags["histograms"])
+    assert any(tag.startswith("alpha_hist/task0/") for tag in tags["histograms"])
     assert events.PluginTagToContent("hparams")
     assert (run / "config.yaml").is_file()
     checkpoints = sorted(p.name for p in (run / "checkpoints").glob("step*"))
