@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from data_pipeline.prepare.atomic import write_bytes_atomic
+from data_pipeline.atomic import write_bytes_atomic
 
 # Scalars shown as a run's latest metric, best first.
 PROGRESS_TAGS = ("val/top1", "train/loss")
