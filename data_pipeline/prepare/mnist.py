@@ -42,6 +42,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data_pipeline.errors import BlockmixError
+from data_pipeline.index_format import DatasetIndex, index_dir
 from data_pipeline.prepare.check import default_workers
 from data_pipeline.prepare.demo import (
     DOMAINS_FILE,
@@ -51,8 +53,6 @@ from data_pipeline.prepare.demo import (
     write_domain,
     write_domains_file,
 )
-from data_pipeline.prepare.index import DatasetIndex, index_dir
-from train.errors import BlockmixError
 
 DOMAINS = ("mnist", "shot_noise", "shear", "scale", "mnist_m", "usps_like")
 DEFAULT_DOMAIN = "mnist"

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from data_pipeline.config import DataConfig
+from data_pipeline.index_format import load_index
 from data_pipeline.loader import DaliLoader
 from data_pipeline.prepare import mnist
 from data_pipeline.prepare.demo import load_domain
-from data_pipeline.prepare.index import load_index
 from data_pipeline.prepare.mnist import DOMAINS, prepare_mnist, read_idx, render
 from train.cli import main
 from train.errors import BlockmixError
