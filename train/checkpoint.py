@@ -2,21 +2,33 @@
 
 Layout of ``RUN/checkpoints``: one folder per checkpoint, ``stepNNNNNNNN/``, holding DeepSpeed's
 shards, ``rankNNNNN.pt`` (each rank's own state: loader position, RNG states), ``trainer.pt``
-(state shared by all ranks) and ``meta.json``; and ``latest``, a file naming the newest complete
-folder (DeepSpeed's own convention, so its tools read it). A checkpoint is written under a
-hidden ``.tmp-`` name and renamed, and ``latest`` is replaced, only after every rank has finished
-writing: an interrupted save is never visible. The last ``keep`` checkpoints are kept.
+(state shared by all ranks), ``meta.json`` and ``manifest.json`` (every other file's size and
+CRC-32, the checkpoint's publication number, and a checksum of the manifest itself); and
+``latest``, a file naming the newest complete folder (DeepSpeed's own convention, so its tools
+read it). A checkpoint is written under a hidden ``.tmp-`` name and renamed, and ``latest`` is
+replaced, only after every rank has finished writing and the manifest is written: an interrupted
+save is never visible. Only checkpoints whose parameters and buffers are finite are written.
+
+Reading: the newest checkpoint (by publication) whose files match its manifest is the one used;
+those that do not are named in a warning. The ``keep`` most recently published are kept.
+
+Nothing here unpickles more than tensors and plain data: blockmix's own files hold only those,
+and DeepSpeed's are read with ``weights_only=True`` and the few DeepSpeed types they need.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import shutil
 import signal
+import sys
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +43,10 @@ LATEST = "latest"
 TMP_PREFIX = ".tmp-"
 UNIVERSAL_PREFIX = ".universal-"
 META = "meta.json"
+MANIFEST = "manifest.json"
 SHARED = "trainer.pt"
+CHUNK_BYTES = 1 << 22
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 REQUEST_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 # What DeepSpeed's universal-checkpoint converter requires a checkpoint to declare.
 UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
@@ -42,15 +57,79 @@ def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def find_latest(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest complete checkpoint folder under ``directory`` and its meta, or None."""
-    pointer = Path(directory) / LATEST
-    if not pointer.is_file():
-        return None
-    folder = pointer.parent / pointer.read_text().strip()
-    if not (folder / META).is_file():
-        raise BlockmixError(f"{pointer} names {folder.name}, which is incomplete; delete {pointer}")
-    return folder, json.loads((folder / META).read_text())
+def find_latest(
+    directory: str | Path, checksums: bool = True
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest verified checkpoint folder under ``directory`` and its meta; None when there is
+    no checkpoint at all.
+
+    The folder ``latest`` names is tried first, then the others, newest publication first; one
+    whose files do not match its manifest is named in a warning and the next one is tried. When
+    ``latest`` is missing or wrong, the folders beside it still count. Collective when the process group
+    is up (every rank checks a share of the files); raises when checkpoints exist but none
+    verifies. ``checksums=False`` checks manifests, file lists and sizes only (a quick look).
+    """
+    directory = Path(directory)
+    folders = _published(directory)
+    for folder in folders:
+        problem = _agree(verify(folder, *_stripe(), checksums=checksums))
+        if problem is None:
+            _warn_if_latest_differs(directory, folder)
+            return folder, json.loads((folder / META).read_text())
+        _warn(f"checkpoint {folder} is damaged ({problem}); trying the previous one")
+    if folders:
+        raise BlockmixError(
+            f"no checkpoint in {directory} matches its manifest (see the warnings above); "
+            "restore the files, or move the folder away to start the run over"
+        )
+    return None
+
+
+def verify(folder: Path, share: int = 0, shares: int = 1, checksums: bool = True) -> str | None:
+    """None when ``folder`` matches its manifest, else what is wrong (a short phrase).
+
+    ``share`` of ``shares`` checks only every ``shares``-th file's size and checksum (ranks
+    split the reading); the manifest itself and the list of files are always checked.
+    """
+    try:
+        manifest = read_manifest(folder)
+    except BlockmixError as error:
+        return str(error)
+    for i, (name, entry) in enumerate(sorted(manifest["files"].items())):
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['size']}"
+        if checksums and i % shares == share and file_checksum(path) != entry["crc32"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of ``folder``, its own checksum checked; a `BlockmixError` if unusable."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        body = {key: value for key, value in manifest.items() if key != "checksum"}
+        if manifest["checksum"] != _text_checksum(_canonical(body)):
+            raise ValueError
+        files, publication = manifest["files"], manifest["publication"]
+        if not isinstance(files, dict) or not isinstance(publication, int) or META not in files:
+            raise ValueError
+    except FileNotFoundError:
+        raise BlockmixError(f"it has no {MANIFEST}") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BlockmixError(f"its {MANIFEST} is damaged") from None
+    return manifest
+
+
+def file_checksum(path: Path) -> str:
+    """CRC-32 of a file as 8 hex digits, read in 4 MiB chunks (several GB/s)."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
 
 
 def needs_universal(meta: dict[str, Any], world_size: int) -> bool:
@@ -60,12 +139,18 @@ def needs_universal(meta: dict[str, Any], world_size: int) -> bool:
 
 
 class RNGState:
-    """Python, NumPy, torch (and CUDA) random states of this process, as a stateful."""
+    """Python, NumPy, torch (and CUDA) random states of this process, as a stateful.
+
+    The state holds tensors and plain lists only, so that ``torch.load(weights_only=True)``
+    reads it.
+    """
 
     def state_dict(self) -> dict[str, Any]:
+        version, words, gauss = random.getstate()
+        kind, key, pos, has_gauss, cached = np.random.get_state()
         state = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": [version, list(words), gauss],
+            "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -73,8 +158,10 @@ class RNGState:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        version, words, gauss = state["python"]
+        random.setstate((version, tuple(words), gauss))
+        kind, key, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
@@ -125,8 +212,17 @@ class Checkpointer:
         return self.requested or by_steps or by_time
 
     def save(self, engine: Any, step: int) -> Path:
-        """Save a checkpoint on every rank (collective) and publish it; return its folder."""
+        """Save a checkpoint on every rank (collective) and publish it; return its folder.
+
+        Raises a `BlockmixError` instead when a parameter or buffer is not finite: such a
+        checkpoint is never written, and the last good one stays published.
+        """
         rank, world_size = dist.get_rank(), dist.get_world_size()
+        if _agree(None if _finite(engine.module) else "not finite") is not None:
+            raise BlockmixError(
+                f"parameters or buffers are not finite after step {step}; stopping "
+                f"({_kept(self.dir)})"
+            )
         tag = tag_for(step)
         tmp = self.dir / f"{TMP_PREFIX}{tag}"
         if rank == 0:
@@ -146,8 +242,10 @@ class Checkpointer:
             }
             _write_text(tmp / META, json.dumps(meta))
         dist.barrier()
+        files = _checksums(tmp)
         final = self.dir / tag
         if rank == 0:
+            _write_manifest(tmp, files, _next_publication(self.dir))
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -159,27 +257,33 @@ class Checkpointer:
         return final
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest complete checkpoint folder and its meta, or None."""
+        """The newest verified checkpoint folder and its meta, or None (see `find_latest`)."""
         return find_latest(self.dir)
 
     def load(self, engine: Any, folder: Path, meta: dict[str, Any]) -> int:
-        """Restore engine, per-rank and shared state from ``folder``; return its step."""
+        """Restore engine, per-rank and shared state from ``folder``; return its step.
+
+        Every file is first checked to hold only tensors and plain data (a crafted pickle is a
+        one-line error naming it), and DeepSpeed reads them with ``weights_only=True``.
+        """
         rank, world_size = dist.get_rank(), dist.get_world_size()
         reshard = meta["world_size"] != world_size and meta["zero_stage"] in (1, 2)
         universal = needs_universal(meta, world_size)
-        tag = self._to_universal(folder) if universal else folder.name
-        path, _ = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=not reshard)
-        if path is None:
-            raise BlockmixError(f"DeepSpeed could not load checkpoint {folder}")
-        if reshard:
-            _load_elastic_zero(engine, self.dir, folder.name)
+        check_loads_safely(folder)
+        with weights_only_loads(folder):
+            tag = self._to_universal(folder) if universal else folder.name
+            path, _ = engine.load_checkpoint(
+                str(self.dir), tag=tag, load_optimizer_states=not reshard
+            )
+            if path is None:
+                raise BlockmixError(f"DeepSpeed could not load checkpoint {folder}")
+            if reshard:
+                _load_elastic_zero(engine, self.dir, folder.name)
         if universal:  # the universal format carries no buffers: take rank 0's
             _load_buffers(engine.module, folder / "zero_pp_rank_0_mp_rank_00_model_states.pt")
         source_rank = rank if rank < meta["world_size"] else 0
-        _load_states(
-            self.per_rank, torch.load(folder / f"rank{source_rank:05d}.pt", weights_only=False)
-        )
-        _load_states(self.shared, torch.load(folder / SHARED, weights_only=False))
+        _load_states(self.per_rank, load_safely(folder / f"rank{source_rank:05d}.pt"))
+        _load_states(self.shared, load_safely(folder / SHARED))
         return int(meta["step"])
 
     def _to_universal(self, folder: Path) -> str:
@@ -217,11 +321,176 @@ class Checkpointer:
         return out.name
 
     def _prune(self) -> None:
-        tags = sorted(p for p in self.dir.glob("step*") if p.is_dir())
-        for old in tags[: -self.config.keep]:
+        """Keep the ``keep`` most recently published checkpoints (the one just published is the
+        newest); folders without a readable manifest count as the oldest."""
+        for old in _by_publication(self.dir)[: -self.config.keep]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.dir.glob(f"{UNIVERSAL_PREFIX}*")]:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_safely(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` of a checkpoint file with ``weights_only=True`` (tensors, plain data and the
+    few DeepSpeed types its files need); anything else is a `BlockmixError` naming the file."""
+    try:
+        with torch.serialization.safe_globals(_deepspeed_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise BlockmixError(f"{path} is missing") from None
+    except Exception as error:  # any file that does not load is the file's fault
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise BlockmixError(
+            f"{path} is not a checkpoint file that loads safely ({first[:160]}); "
+            "it may be damaged or crafted: do not load it"
+        ) from None
+
+
+def check_loads_safely(folder: Path) -> None:
+    """Raise a `BlockmixError` naming the first ``.pt`` file in ``folder`` that holds more than
+    tensors and plain data (its pickle is parsed, its tensors are not read)."""
+    for path in sorted(folder.rglob("*.pt")):
+        load_safely(path, mmap=True)
+
+
+@contextlib.contextmanager
+def weights_only_loads(folder: Path) -> Iterator[None]:
+    """Make every ``torch.load`` inside (DeepSpeed's included) use ``weights_only=True`` with the
+    DeepSpeed types allowed; a file needing more is a `BlockmixError` naming ``folder``."""
+    import pickle
+
+    previous = os.environ.get(FORCE_WEIGHTS_ONLY)
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        with torch.serialization.safe_globals(_deepspeed_globals()):
+            yield
+    except pickle.UnpicklingError as error:
+        first = (str(error).strip().splitlines() or ["unpickling failed"])[0]
+        raise BlockmixError(
+            f"{folder} holds a file that needs more than tensors to load ({first[:160]}); "
+            "do not load it"
+        ) from None
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[FORCE_WEIGHTS_ONLY] = previous
+
+
+def _deepspeed_globals() -> list[Any]:
+    """The DeepSpeed types its checkpoint files hold besides tensors and plain data."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _published(directory: Path) -> list[Path]:
+    """Checkpoint folders in the order to try them: the one ``latest`` names, then the others,
+    most recently published first."""
+    folders = _by_publication(directory)[::-1]
+    named = [folder for folder in folders if folder.name == _latest_name(directory)]
+    return named + [folder for folder in folders if folder not in named]
+
+
+def _latest_name(directory: Path) -> str | None:
+    try:
+        return (directory / LATEST).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _by_publication(directory: Path) -> list[Path]:
+    """Checkpoint folders, oldest publication first (unreadable manifests first of all)."""
+
+    def order(folder: Path) -> tuple[int, str]:
+        return _publication(folder), folder.name
+
+    return sorted((p for p in directory.glob("step*") if p.is_dir()), key=order)
+
+
+def _publication(folder: Path) -> int:
+    try:
+        return int(read_manifest(folder)["publication"])
+    except BlockmixError:
+        return -1
+
+
+def _next_publication(directory: Path) -> int:
+    folders = [p for p in directory.glob("step*") if p.is_dir()]
+    return 1 + max((_publication(p) for p in folders), default=0)
+
+
+def _checksums(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and CRC-32 of every file in ``folder``, each rank reading a share (collective)."""
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    share, shares = _stripe()
+    mine = {
+        name: {"size": (folder / name).stat().st_size, "crc32": file_checksum(folder / name)}
+        for i, name in enumerate(names)
+        if i % shares == share
+    }
+    if shares == 1:
+        return mine
+    parts: list[Any] = [None] * shares
+    dist.all_gather_object(parts, mine)
+    return {name: entry for part in parts for name, entry in part.items()}
+
+
+def _write_manifest(folder: Path, files: dict[str, Any], publication: int) -> None:
+    body = {"publication": publication, "published_at": time.time(), "files": files}
+    manifest = {**body, "checksum": _text_checksum(_canonical(body))}
+    _write_text(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _canonical(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def _text_checksum(text: str) -> str:
+    return f"{zlib.crc32(text.encode()):08x}"
+
+
+def _stripe() -> tuple[int, int]:
+    """(this rank, world size) when the process group is up, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _agree(problem: str | None) -> str | None:
+    """A problem any rank found (the lowest rank's wording), or None; collective when the
+    process group is up."""
+    shares = _stripe()[1]
+    if shares == 1:
+        return problem
+    found: list[Any] = [None] * shares
+    dist.all_gather_object(found, problem)
+    return next((p for p in found if p is not None), None)
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    """Whether this rank's parameters (ZeRO-3: its partitions) and buffers are all finite."""
+    tensors = [getattr(p, "ds_tensor", p) for p in module.parameters()]
+    tensors += list(module.buffers())
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _kept(directory: Path) -> str:
+    latest = find_latest(directory)
+    return f"the last good checkpoint is {latest[0]}" if latest else "no checkpoint was saved yet"
+
+
+def _warn(message: str) -> None:
+    if _stripe()[0] == 0:
+        print(f"blockmix: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _warn_if_latest_differs(directory: Path, folder: Path) -> None:
+    pointer, named = directory / LATEST, _latest_name(directory)
+    if named != folder.name:
+        what = f"names {named!r}" if named is not None else "is missing or unreadable"
+        _warn(f"{pointer} {what}; resuming from {folder.name}, the newest verified checkpoint")
 
 
 def _load_elastic_zero(engine: Any, directory: Path, tag: str) -> None:
@@ -245,7 +514,7 @@ def _load_elastic_zero(engine: Any, directory: Path, tag: str) -> None:
 
 
 def _load_buffers(module: torch.nn.Module, model_states: Path) -> None:
-    saved = torch.load(model_states, weights_only=False)["module"]
+    saved = load_safely(model_states)["module"]
     with torch.no_grad():
         for name, buffer in module.named_buffers():
             buffer.copy_(saved[name])

@@ -7,7 +7,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from train.checkpoint import SHARED, find_latest
+from train.checkpoint import (
+    SHARED,
+    check_loads_safely,
+    find_latest,
+    load_safely,
+    weights_only_loads,
+)
 from train.config import Config
 from train.errors import BlockmixError
 from train.rundir import RunDir
@@ -17,6 +23,7 @@ def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str,
     """The model's full fp32 state dict (parameters and buffers) at the run's latest checkpoint.
 
     ``ema`` returns the EMA weights instead (the run must have had ``train.ema_decay`` > 0).
+    Files are read as tensors and plain data only: a run directory from elsewhere cannot run code.
     """
     checkpoints = RunDir(run_dir).checkpoints
     latest = find_latest(checkpoints)
@@ -24,16 +31,18 @@ def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str,
         raise BlockmixError(f"{run_dir} has no checkpoint ({checkpoints}/latest is missing)")
     folder, meta = latest
     if ema:
-        shared = torch.load(folder / SHARED, weights_only=False)
+        shared = load_safely(folder / SHARED)
         if "ema" not in shared:
             raise BlockmixError(f"{run_dir} was trained without train.ema_decay; drop --ema")
         state = shared["ema"]["shadow"]
     elif meta["zero_stage"] == 0:
-        state = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        state = load_safely(folder / "mp_rank_00_model_states.pt")["module"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=folder.name)
+        check_loads_safely(folder)
+        with weights_only_loads(folder):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=folder.name)
     return {
         name: (t.float() if t.is_floating_point() else t).detach().contiguous().clone()
         for name, t in state.items()
@@ -45,6 +54,8 @@ def export(run_dir: str | Path, out: str | Path, ema: bool = False) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out)
+    if out.is_dir():
+        raise BlockmixError(f"--out {out} is a folder; name the FILE.safetensors to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(consolidated_state_dict(run_dir, ema), str(out), metadata={"run": str(run_dir)})
     return out
@@ -57,7 +68,15 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if not Path(path).is_file():
         raise BlockmixError(f"weights={path}: no such file; write one with `blockmix export`")
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for a bad file
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise BlockmixError(
+            f"weights={path} is not a safetensors file ({first[:120]}); write one with "
+            "`blockmix export`"
+        ) from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise BlockmixError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 
 from train.checkpoint import Checkpointer, RNGState, tag_for
 from train.config import CheckpointConfig, load_config
+from train.errors import BlockmixError
 
 
 class Box:
@@ -108,3 +110,116 @@ def test_signals_request_a_save(tmp_path: Path) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     assert Checkpointer(tmp_path, CheckpointConfig(every=5), {}, {}).wants_save(10)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def two_checkpoints(engine, directory: Path) -> Checkpointer:
+    ckpt = Checkpointer(directory, CheckpointConfig(keep=5), {"box": Box(1)}, {"shared": Box(2)})
+    for step in (1, 2):
+        train_step(engine)
+        ckpt.save(engine, step)
+    return ckpt
+
+
+def test_any_damaged_file_falls_back_to_the_previous_checkpoint(
+    engine, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    from train.checkpoint import find_latest
+
+    two_checkpoints(engine, tmp_path / "clean")
+    names = sorted(p.name for p in (tmp_path / "clean" / tag_for(2)).iterdir())
+    assert "manifest.json" in names and "rank00000.pt" in names and len(names) >= 6
+    damages = {"flipped": flip_byte, "truncated": lambda p: p.write_bytes(p.read_bytes()[:-1])}
+    damages["missing"] = Path.unlink
+    for name in names:
+        for how, damage in damages.items():
+            copy = tmp_path / f"{how}-{name}"
+            shutil.copytree(tmp_path / "clean", copy)
+            damage(copy / tag_for(2) / name)
+            folder, meta = find_latest(copy)
+            assert (folder.name, meta["step"]) == (tag_for(1), 1), (how, name)
+            assert f"checkpoint {copy / tag_for(2)} is damaged" in capfd.readouterr().err
+
+
+def test_a_bad_or_missing_latest_falls_back_to_the_newest_verified(engine, tmp_path: Path) -> None:
+    from train.checkpoint import find_latest
+
+    two_checkpoints(engine, tmp_path)
+    for pointer in (None, "../../outside", tag_for(7), "\x00garbage"):
+        if pointer is None:
+            (tmp_path / "latest").unlink(missing_ok=True)
+        else:
+            (tmp_path / "latest").write_text(pointer)
+        assert find_latest(tmp_path)[0].name == tag_for(2)
+
+
+def test_no_verified_checkpoint_is_a_one_line_error(engine, tmp_path: Path) -> None:
+    from train.checkpoint import find_latest
+
+    two_checkpoints(engine, tmp_path)
+    for step in (1, 2):
+        flip_byte(tmp_path / tag_for(step) / "trainer.pt")
+    with pytest.raises(BlockmixError, match=r"no checkpoint in .* matches its manifest") as info:
+        find_latest(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_pruning_keeps_the_newest_publication_not_the_highest_step(engine, tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(keep=3), {}, {})
+    for step in (10, 20, 30):
+        ckpt.save(engine, step)
+    (tmp_path / "latest").unlink()  # what a user does about a bad `latest`
+    ckpt.save(engine, 5)  # a restarted run's first checkpoint
+    assert sorted(p.name for p in tmp_path.glob("step*")) == [tag_for(s) for s in (5, 20, 30)]
+    assert ckpt.latest()[0].name == tag_for(5)
+
+
+def test_non_finite_buffers_are_never_saved(engine, tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(), {}, {})
+    ckpt.save(engine, 1)
+    running_var = engine.module[1].running_var
+    saved = running_var.clone()
+    running_var[0] = float("inf")
+    try:
+        with pytest.raises(BlockmixError, match=r"not finite after step 2.*step00000001"):
+            ckpt.save(engine, 2)
+    finally:
+        running_var.copy_(saved)
+    assert ckpt.latest()[0].name == tag_for(1) and not (tmp_path / tag_for(2)).exists()
+
+
+class Crafted:
+    """Unpickling this runs a shell command (what a shared, crafted checkpoint could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "rank00000.pt", "trainer.pt"])
+def test_a_crafted_pickle_is_refused_by_resume_and_export(
+    engine, tmp_path: Path, victim: str
+) -> None:
+    from train.checkpoint import _checksums, _write_manifest
+    from train.export import export
+
+    run = tmp_path / "run"
+    ckpt = two_checkpoints(engine, run / "checkpoints")
+    folder = run / "checkpoints" / tag_for(2)
+    marker = tmp_path / "marker"
+    torch.save({"module": Crafted(marker), "box": Crafted(marker)}, folder / victim)
+    (folder / "manifest.json").unlink()
+    _write_manifest(folder, _checksums(folder), 3)  # the manifest is no defence against this
+    with pytest.raises(BlockmixError, match=f"{victim}.*(loads safely|more than tensors)"):
+        ckpt.load(engine, *ckpt.latest())
+    if victim == "mp_rank_00_model_states.pt":
+        with pytest.raises(BlockmixError, match=victim):
+            export(run, tmp_path / "w.safetensors")
+    assert not marker.exists()
