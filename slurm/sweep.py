@@ -316,7 +316,9 @@ def submit_plan(plan: Plan) -> list[Any]:
     """Submit every missing or failed run, one job array per (model, seed); record the jobs."""
     from slurm.submit import submit_array
     from slurm.tasks import TrainTask
+    from train.runlock import acquire
 
+    lock = acquire(plan.sweep_dir, "sweep directory")  # one `blockmix sweep` at a time
     current = states(plan.runs, plan.sweep_dir)
     cluster = plan.cluster.with_overrides(log_root=str(plan.sweep_dir / "submitit"))
     _write_json(plan.sweep_dir / PLAN_FILE, {"runs": [run.__dict__ for run in plan.runs]})
@@ -342,6 +344,7 @@ def submit_plan(plan: Plan) -> list[Any]:
             }
         _write_json(plan.sweep_dir / JOBS_FILE, jobs_record)
         submitted += jobs
+    lock.release()
     return submitted
 
 
