@@ -32,10 +32,15 @@ BASE_KEY = "_base_"
 
 @dataclass
 class RunConfig:
-    """Where the run lives and its seed (model init, dropout; the data order has `data.seed`)."""
+    """Where the run lives and its seed (model init, dropout; the data order has `data.seed`).
+
+    ``allow_config_change`` lets a resume change settings that change what the checkpoint means
+    (see `train.resume_config`); the change is recorded in the run directory.
+    """
 
     dir: str = "runs/default"
     seed: int = 0
+    allow_config_change: bool = False
 
 
 @dataclass

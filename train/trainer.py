@@ -38,6 +38,8 @@ from train.errors import BlockmixError
 from train.loggers import Logger, NullLogger, TensorBoardLogger
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
 from train.rundir import RunDir
+from train.resume_config import check_resume
+from train.runlock import hold_run
 from train.schedules import warmup_cosine
 from train.tasks import run_tasks
 
@@ -81,6 +83,7 @@ class Trainer:
         self.config, self.env = config, env
         self.run_dir = RunDir(config.run.dir)
         self.device = distributed.init(env)
+        self.lock = hold_run(self.run_dir.path, env.is_main)
         self.logger: Logger = NullLogger()
         self.tasks = run_tasks(config)
         self.sources = self.tasks[: len(config.tasks) or 1]  # the trained tasks
@@ -92,6 +95,7 @@ class Trainer:
             self.flops = models.flops_per_image(build_model(config), config.data.image_size)
         self.trained_params = prepare_tasks(model, config)  # transfer, before the engine
         latest = self.run_dir.latest_checkpoint()
+        check_resume(config, self.run_dir.path, latest, env.is_main)
         universal = latest is not None and needs_universal(latest[1], env.world_size)
         self.engine = ds.initialize(model, models.param_groups(model), config, universal)
         self.accum = self.engine.gradient_accumulation_steps()
@@ -262,6 +266,7 @@ class Trainer:
         for loader in self.train_loaders + self.val_loaders:
             loader.close()
         distributed.teardown(clean)
+        self.lock.release()
 
     @property
     def interrupted_by_signal(self) -> bool:

@@ -17,6 +17,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("config", help="a named config (train/configs) or a YAML file")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     train.add_argument("--nproc", type=int, default=0, help="spawn N local ranks")
+    train.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although settings that change what the checkpoint means differ (recorded)",
+    )
     train.set_defaults(handler=_train)
     evaluate = subparsers.add_parser("eval", help="evaluate exported weights on the val split")
     evaluate.add_argument("config", help="the config the weights were trained with")
@@ -33,6 +38,8 @@ def _train(args: argparse.Namespace) -> int:
     from train.config import load_config
     from train.distributed import from_environment, launch_local, teardown
 
+    if args.allow_config_change:
+        args.overrides.append("run.allow_config_change=true")
     config = load_config(args.config, args.overrides)  # a bad key fails here, once
     if args.nproc:
         return launch_local(args.nproc, ["train", args.config, *args.overrides])
