@@ -8,6 +8,7 @@ single process. `launch_local` starts N ranks of the same command on this machin
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -19,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from train.orphans import die_with_parent
 
 SLURM_BASE_PORT = 20000
 RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -150,7 +153,8 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     Each rank is ``python -P -m train ARGV``: ``-P`` keeps the working directory off
     ``sys.path``, so a ``train.py`` or ``slurm.py`` where the user stands cannot replace
     blockmix's packages. SIGTERM/SIGUSR2 sent to this process are passed on to every rank. When a
-    rank fails, the others are given a few seconds and then terminated.
+    rank fails, the others are given a few seconds and then terminated; when this process dies,
+    even by SIGKILL, every rank gets a SIGTERM (`train.orphans`).
     """
     port, command = free_port(), [sys.executable, "-P", "-m", "train", *argv]
     children = []
@@ -164,7 +168,8 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
         )
-        children.append(subprocess.Popen(command, env=env))
+        dies_with_us = functools.partial(die_with_parent, os.getpid())
+        children.append(subprocess.Popen(command, env=env, preexec_fn=dies_with_us))
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
