@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ class Candidates:
     files: list[str]
     labels: list[int]
     class_names: list[str]
+    loops: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ def prepare_index(
         splits[name] = _checked_split(
             name, split, [next(checks) for _ in split.files], classes, report
         )
+    report["symlink_loops"] = [loop for split in candidates.values() for loop in split.loops]
     index = DatasetIndex(root=root, classes=classes, splits=splits)
     report_path = index_dir(folder) / REPORT_FILE
     write_json_atomic(report_path, report)
@@ -99,6 +102,12 @@ def summary_lines(prepared: PreparedIndex) -> list[str]:
         lines.append(
             f"kept {len(report['notes'])} files with oddities (modes, formats, huge images); "
             f"modes: {', '.join(f'{mode} {n}' for mode, n in modes.most_common())}"
+        )
+    if report["symlink_loops"]:
+        first = report["symlink_loops"][0]
+        lines.append(
+            f"warning: skipped {len(report['symlink_loops'])} symlinked folders already visited "
+            f"(loops or repeats), e.g. {first['link']} -> {first['target']}"
         )
     for name, info in report["splits"].items():
         if info["empty_classes"]:
@@ -133,26 +142,67 @@ def _from_image_folder(root: Path) -> tuple[list[str], dict[str, Candidates]]:
                 + "; labels come from the train classes, so remove or rename it"
             )
         labels = [known[split.class_names[i]] for i in split.labels]
-        relabelled[name] = Candidates(split.files, labels, split.class_names)
+        relabelled[name] = Candidates(split.files, labels, split.class_names, split.loops)
     return classes, relabelled
 
 
 def _scan_split(root: Path, name: str) -> Candidates:
     """Every file under ``root/name/<class>/`` (recursively, sorted); labels index the split's
-    own class folders until `_from_image_folder` maps them to the train classes."""
+    own class folders until `_from_image_folder` maps them to the train classes. Symlinked
+    folders are followed, but never into a folder the split has already visited."""
     split_dir = root / name
     class_names = sorted(
         e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
     )
-    files, labels = [], []
+    files, labels, loops = [], [], []
+    # the class folders and every folder above them count as visited from the start: a link to
+    # one of them is a loop or would give another class's images this class's label
+    above = [split_dir / c for c in class_names] + [split_dir, *split_dir.parents]
+    visited = {(st.st_dev, st.st_ino) for st in map(os.stat, above)}
     for label, class_name in enumerate(class_names):
-        for directory, subdirs, names in os.walk(split_dir / class_name, followlinks=True):
-            subdirs.sort()
-            relative = Path(directory).relative_to(root)
-            for file_name in sorted(names):
-                files.append((relative / file_name).as_posix())
-                labels.append(label)
-    return Candidates(files, labels, class_names)
+        for path in _walk(split_dir / class_name, visited, loops, root, name):
+            files.append(path.relative_to(root).as_posix())
+            labels.append(label)
+    return Candidates(files, labels, class_names, loops)
+
+
+def _walk(
+    folder: Path, visited: set[tuple[int, int]], loops: list[dict], root: Path, split: str
+) -> Iterator[Path]:
+    """The files of ``folder`` (sorted), then those of its subfolders, depth first, as
+    ``os.walk(followlinks=True)`` orders them; a folder whose (device, inode) is already in
+    ``visited`` is skipped and recorded in ``loops``."""
+    try:
+        stat = folder.stat()
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    visited.add((stat.st_dev, stat.st_ino))
+    subfolders = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            subfolders.append(entry)
+        else:
+            yield Path(entry.path)
+    for entry in subfolders:
+        try:
+            target = os.stat(entry.path)
+        except OSError:
+            continue
+        if (target.st_dev, target.st_ino) in visited:
+            loops.append(
+                {
+                    "split": split,
+                    "link": Path(entry.path).relative_to(root).as_posix(),
+                    "target": os.path.realpath(entry.path),
+                }
+            )
+            continue
+        yield from _walk(Path(entry.path), visited, loops, root, split)
 
 
 def _from_file_lists(root: Path, lists: dict[str, Path]) -> tuple[list[str], dict[str, Candidates]]:
@@ -201,6 +251,11 @@ def _parse_file_list(path: Path) -> tuple[list[str], list[int], list[int]]:
             raise BlockmixError(
                 f"{path}:{number}: {parts[0]!r} must be relative to the dataset root"
             )
+        if ".." in Path(parts[0]).parts:
+            raise BlockmixError(
+                f"{path}:{number}: {parts[0]!r} climbs out of the dataset root with '..'; "
+                "list paths inside it"
+            )
         files.append(Path(parts[0].strip()).as_posix())
         labels.append(int(parts[1]))
         lines.append(number)
@@ -245,4 +300,5 @@ def _empty_report(decode_pixel_limit: int) -> dict:
         "splits": {},
         "left_out": [],
         "notes": [],
+        "symlink_loops": [],
     }

@@ -159,6 +159,30 @@ def test_val_class_absent_from_train_is_an_error_naming_it(tmp_path):
         prepare_index(tmp_path, workers=1)
 
 
+def test_symlink_loops_are_followed_once_and_reported(tmp_path):
+    cat, dog = tmp_path / "train" / "cat", tmp_path / "train" / "dog"
+    _image(cat / "a.JPEG", (8, 8))
+    _image(cat / "real" / "b.JPEG", (8, 8))
+    _image(dog / "c.JPEG", (8, 8))
+    (cat / "self").symlink_to(".")
+    (cat / "up").symlink_to("../..")
+    (cat / "real" / "back").symlink_to("..")
+    (cat / "dog").symlink_to(dog)
+    (cat / "again").symlink_to("real")
+    (cat / "outside").symlink_to(tmp_path.parent)
+    prepared = prepare_index(tmp_path, workers=1)
+    train = prepared.index.splits["train"]
+    assert train.files == ["train/cat/a.JPEG", "train/cat/again/b.JPEG", "train/dog/c.JPEG"]
+    assert train.labels.tolist() == [0, 0, 1]
+    links = sorted(loop["link"] for loop in prepared.report["symlink_loops"])
+    assert links == sorted(
+        f"train/cat/{link}" for link in ("self", "up", "again/back", "dog", "real", "outside")
+    )
+    on_disk = json.loads(prepared.report_path.read_text())
+    assert on_disk["symlink_loops"] == prepared.report["symlink_loops"]
+    assert any("skipped 6 symlinked folders" in line for line in summary_lines(prepared))
+
+
 def test_file_lists(tmp_path):
     for i in range(4):
         _image(tmp_path / "images" / f"{i}.jpg", (8 + i, 8))
@@ -190,6 +214,7 @@ def test_file_lists(tmp_path):
         ),
         ("a.jpg 0\nb.jpg x\n", "", r"train.txt:2: expected 'relative/path label'"),
         ("/abs/a.jpg 0\n", "", r"train.txt:1: '/abs/a.jpg' must be relative"),
+        ("a.jpg 0\n", "x/../../b.jpg 0\n", r"val.txt:1: 'x/../../b.jpg' climbs out of the"),
     ],
 )
 def test_bad_file_lists_name_file_and_line(tmp_path, train, val, message):
