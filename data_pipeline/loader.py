@@ -266,6 +266,21 @@ def normalize(
     return (images.float() - mean_t) / std_t
 
 
+def model_input(
+    images: torch.Tensor,
+    data: DataConfig,
+    device: str | torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A batch as a model takes it: on ``device``, finished by `normalize` there when
+    ``data.output`` is ``"uint8"``, in ``dtype``. Trainers and evaluation call this on every
+    batch."""
+    images = images.to(device)
+    if data.output == "uint8":
+        images = normalize(images, data.mean, data.std)
+    return images.to(dtype)
+
+
 def check_num_classes(index: DatasetIndex, num_classes: int) -> None:
     """Raise if the model's class count differs from the dataset's."""
     if num_classes != len(index.classes):

@@ -18,6 +18,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data_pipeline.config import DataConfig
+from data_pipeline.loader import model_input
 from train.models import TemplateBank
 from train.tasks import AdaptConfig
 
@@ -88,14 +90,20 @@ class Adapter:
         return rows + stem + disc
 
     def run(
-        self, sources: Sequence[Iterator[Any]], target: Iterator[Any], device: str
+        self,
+        sources: Sequence[Iterator[Any]],
+        target: Iterator[Any],
+        device: str,
+        data: DataConfig | None = None,
     ) -> list[float]:
         """``config.steps`` steps; ``sources[i]`` yields batches of source task ``sources[i]``,
-        ``target`` batches of target images. Returns the unsupervised loss per step."""
+        ``target`` batches of target images (as ``data`` outputs them, default float). Returns the
+        unsupervised loss per step."""
+        data = data or DataConfig(root="-")
         history = []
         for _ in range(self.config.steps):
-            images = [next(batches)[0].to(device) for batches in sources]
-            target_images = next(target)[0].to(device)
+            images = [model_input(next(batches)[0], data, device) for batches in sources]
+            target_images = model_input(next(target)[0], data, device)
             loss = self.loss(images, target_images)
             self.optimizer.zero_grad(set_to_none=True)
             (self.config.weight * loss).backward()

@@ -100,6 +100,6 @@ def evaluate_weights(config: Config, weights: str | Path) -> dict[str, float]:
     loader = DaliLoader(config.data, train=False, device_id=0 if device == "cuda" else None)
     try:
         metrics = ClassificationMetrics(mc.num_classes, device)
-        return evaluate(model.to(device), loader, metrics, device)
+        return evaluate(model.to(device), loader, metrics, device, data=config.data)
     finally:
         loader.close()

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from data_pipeline.config import DataConfig
+from data_pipeline.loader import model_input
+
 
 class ClassificationMetrics:
     """Loss, top-1 and top-5 accuracy over the samples seen since the last `reset`."""
@@ -64,11 +67,15 @@ def evaluate(
     metrics: ClassificationMetrics,
     device: str | torch.device,
     dtype: torch.dtype = torch.float32,
+    data: DataConfig | None = None,
 ) -> dict[str, float]:
-    """Run ``forward`` over ``(images, labels, valid)`` batches; the metrics over all ranks."""
+    """Run ``forward`` over ``(images, labels, valid)`` batches; the metrics over all ranks.
+
+    ``data`` says how the batches come (``data.output``; default float images)."""
     metrics.reset()
+    data = data or DataConfig(root="-")
     for images, labels, valid in batches:
-        logits = forward(images.to(device, dtype)).float()
+        logits = forward(model_input(images, data, device, dtype)).float()
         labels = labels.to(logits.device)
         losses = F.cross_entropy(logits, labels, reduction="none")
         metrics.update(logits, labels, losses, valid.to(logits.device))

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_pipeline.loader import model_input
 from train import distributed
 from train import engine as ds
 from train.checkpoint import Checkpointer, RNGState, needs_universal
@@ -37,8 +38,8 @@ from train.config import Config, flat_dict, method_settings, to_yaml
 from train.errors import BlockmixError
 from train.loggers import Logger, NullLogger, TensorBoardLogger
 from train.metrics import ClassificationMetrics, StepTimer, evaluate
-from train.rundir import RunDir
 from train.resume_config import check_resume
+from train.rundir import RunDir
 from train.runlock import hold_run
 from train.schedules import warmup_cosine
 from train.tasks import run_tasks
@@ -208,7 +209,8 @@ class Trainer:
         smoothing = self.config.train.label_smoothing
         loss = torch.zeros((), device=self.device)
         for task, (images, labels) in enumerate(batch):
-            logits = self.engine(images.to(self.device, self.dtype), task).float()
+            inputs = model_input(images, self.config.data, self.device, self.dtype)
+            logits = self.engine(inputs, task).float()
             losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
             loss = loss + self.sources[task].loss_weight * losses.mean()
             self.train_metrics[task].update(logits.detach(), labels, losses.detach())
@@ -226,6 +228,7 @@ class Trainer:
                 self.val_metrics[task],
                 self.device,
                 self.dtype,
+                self.config.data,
             )
         finally:
             self.engine.train()
@@ -242,7 +245,8 @@ class Trainer:
         before = self.evaluate(target)
         adapter = Adapter(module, target, list(range(target)), cfg)
         sources = [_forever(loader) for loader in self.train_loaders[:target]]
-        history = adapter.run(sources, _forever(self.train_loaders[target]), self.device)
+        target_batches = _forever(self.train_loaders[target])
+        history = adapter.run(sources, target_batches, self.device, self.config.data)
         after = self.evaluate(target)
         name = self.tasks[target].name
         self.logger.log({f"adapt/{name}/top1_before": before["top1"]}, step)
