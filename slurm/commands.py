@@ -86,8 +86,8 @@ def _submit(args: argparse.Namespace) -> int:
     print(
         f"submitted job {job.job_id} ({cluster.executor}): run {run_dir}, logs {job.paths.folder}"
     )
-    if not args.wait:
-        return 0
+    if not (args.wait or cluster.executor == "debug"):
+        return 0  # debug jobs run in this process, while waited for
     try:
         succeeded = wait([job])
     except KeyboardInterrupt:

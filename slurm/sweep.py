@@ -52,6 +52,7 @@ from slurm.runs import short_point
 from slurm.submit import Resources
 from train.errors import BlockmixError
 from train.rundir import RunDir
+from train.untrusted import read_json, reading
 
 PLAN_FILE = "plan.json"
 JOBS_FILE = "jobs.json"
@@ -266,18 +267,23 @@ def read_plan(sweep_dir: Path) -> list[PlannedRun]:
         raise BlockmixError(
             f"{sweep_dir} is not a sweep directory (no {PLAN_FILE}); run blockmix sweep"
         )
-    return [
-        PlannedRun(
-            **{**run, "overrides": tuple(run["overrides"]), "point": tuple(run.get("point", ()))}
-        )
-        for run in json.loads(path.read_text())["runs"]
-    ]
+    with reading(path, "run blockmix sweep again to rewrite it"):
+        return [
+            PlannedRun(
+                **{
+                    **run,
+                    "overrides": tuple(run["overrides"]),
+                    "point": tuple(run.get("point", ())),
+                }
+            )
+            for run in json.loads(path.read_text())["runs"]
+        ]
 
 
 def read_jobs(sweep_dir: Path) -> dict[str, dict[str, str]]:
     """run name -> {executor, job_id, folder, submitted} of the job that last ran it."""
     path = sweep_dir / JOBS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def run_state(run_dir: Path, job: dict[str, str] | None) -> str:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from train.errors import BlockmixError
+from train.untrusted import user_error_line
 
 COMMAND_MODULES: tuple[str, ...] = (
     "train.commands.models",
@@ -41,4 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except BlockmixError as error:
         print(f"blockmix {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (
+        OSError
+    ) as error:  # a missing, misplaced or full path is the user's; other errors are bugs
+        if (line := user_error_line(error)) is None:
+            raise
+        print(f"blockmix {args.command}: error: {line}", file=sys.stderr)
         return 2

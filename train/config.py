@@ -190,6 +190,8 @@ def validate(config: Config) -> None:
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise BlockmixError(f"{key} must be a finite number > 0, got {value}")
     non_negative = {
+        "train.steps": config.train.steps,
+        "train.epochs": config.train.epochs,
         "train.global_batch": config.train.global_batch,
         "train.grad_clip": config.train.grad_clip,
         "train.label_smoothing": config.train.label_smoothing,
@@ -201,7 +203,7 @@ def validate(config: Config) -> None:
         "optim.weight_decay": config.optim.weight_decay,
     }
     for key, value in non_negative.items():
-        if value < 0:
+        if not value >= 0:  # also NaN
             raise BlockmixError(f"{key} must be >= 0, got {value}")
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise BlockmixError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")

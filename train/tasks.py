@@ -142,6 +142,10 @@ def validate_tasks(
             f"model.num_tasks={model.num_tasks} but the tasks list makes {model_tasks} model "
             "task(s); drop model.num_tasks (a tasks list sets it)"
         )
+    names = [task.name or Path(task.root).name for task in tasks]
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise BlockmixError(f"two tasks are named {twice!r}; give each tasks[i].name its own")
     if transfer.mode not in FINETUNE_MODES:
         raise BlockmixError(
             f"transfer.mode={transfer.mode!r} is not one of: {', '.join(FINETUNE_MODES)}"
