@@ -378,7 +378,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise BlockmixError(f"config {path}: not valid YAML ({error})") from error
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise BlockmixError(f"config {path}: not valid YAML{where} ({problem})") from None
     if not isinstance(data, dict):
         raise BlockmixError(f"config {path}: the top level must be a mapping of sections")
     return data

@@ -91,17 +91,17 @@ def flip(path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.options.width=abc", "model.options.width='abc' must be int"),
-        ("model.options.num_classes=5", "model.options.num_classes is set by model.num_classes"),
-        ("optim.lr=nan", "optim.lr must be > 0"),
-        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("model.options.width=abc", "model.options.width='abc' is not of type int"),
+        ("model.options.num_classes=5", "model.options.num_classes shadows model.num_classes"),
+        ("optim.lr=nan", "optim.lr must be a finite number > 0"),
+        ("optim.lr=-1", "optim.lr must be a finite number > 0"),
         ("train.steps=-5", "train.steps must be >= 0"),
         ("data.batch_size=0", "data.batch_size must be >= 1"),
         ("train.zero_stage=7", "train.zero_stage=7 is not one of"),
         ("train.stepz=3", "train.stepz"),
         ("train.steps", "is not key=value"),
         ("data.output=rgb", "data.output must be float or uint8"),
-        ("checkpoint.keep=0", "checkpoint.keep must be > 0"),
+        ("checkpoint.keep=0", "checkpoint.keep must be a finite number > 0"),
     ],
 )
 def test_train_refuses_bad_config_values(
