@@ -29,6 +29,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,17 @@ def verify(folder: Path, share: int = 0, shares: int = 1, checksums: bool = True
         manifest = read_manifest(folder)
     except BlockmixError as error:
         return str(error)
-    for i, (name, entry) in enumerate(sorted(manifest["files"].items())):
+    entries = sorted(manifest["files"].items())
+    for name, entry in entries:
         path = folder / name
         if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != entry["size"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['size']}"
-        if checksums and i % shares == share and file_checksum(path) != entry["crc32"]:
+    mine = [(name, entry) for i, (name, entry) in enumerate(entries) if i % shares == share]
+    sums = _parallel_checksums([folder / name for name, _ in mine]) if checksums else []
+    for (name, entry), crc in zip(mine, sums, strict=False):
+        if crc != entry["crc32"]:
             return f"{name} does not match its checksum"
     return None
 
@@ -263,22 +268,23 @@ class Checkpointer:
     def load(self, engine: Any, folder: Path, meta: dict[str, Any]) -> int:
         """Restore engine, per-rank and shared state from ``folder``; return its step.
 
-        Every file is first checked to hold only tensors and plain data (a crafted pickle is a
-        one-line error naming it), and DeepSpeed reads them with ``weights_only=True``.
+        Every ``.pt`` file is first parsed with ``weights_only=True`` (a crafted pickle is a
+        one-line error naming it) before DeepSpeed reads the same, verified bytes.
         """
         rank, world_size = dist.get_rank(), dist.get_world_size()
         reshard = meta["world_size"] != world_size and meta["zero_stage"] in (1, 2)
         universal = needs_universal(meta, world_size)
-        check_loads_safely(folder)
-        with weights_only_loads(folder):
-            tag = self._to_universal(folder) if universal else folder.name
-            path, _ = engine.load_checkpoint(
-                str(self.dir), tag=tag, load_optimizer_states=not reshard
-            )
-            if path is None:
-                raise BlockmixError(f"DeepSpeed could not load checkpoint {folder}")
-            if reshard:
-                _load_elastic_zero(engine, self.dir, folder.name)
+        check_loads_safely(folder)  # DeepSpeed then reads these same verified bytes
+        if universal:
+            with weights_only_loads(folder):
+                tag = self._to_universal(folder)
+        else:
+            tag = folder.name
+        path, _ = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=not reshard)
+        if path is None:
+            raise BlockmixError(f"DeepSpeed could not load checkpoint {folder}")
+        if reshard:
+            _load_elastic_zero(engine, self.dir, folder.name)
         if universal:  # the universal format carries no buffers: take rank 0's
             _load_buffers(engine.module, folder / "zero_pp_rank_0_mp_rank_00_model_states.pt")
         source_rank = rank if rank < meta["world_size"] else 0
@@ -425,16 +431,26 @@ def _checksums(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and CRC-32 of every file in ``folder``, each rank reading a share (collective)."""
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     share, shares = _stripe()
+    names = [name for i, name in enumerate(names) if i % shares == share]
+    sums = _parallel_checksums([folder / name for name in names])
     mine = {
-        name: {"size": (folder / name).stat().st_size, "crc32": file_checksum(folder / name)}
-        for i, name in enumerate(names)
-        if i % shares == share
+        name: {"size": (folder / name).stat().st_size, "crc32": crc}
+        for name, crc in zip(names, sums, strict=True)
     }
     if shares == 1:
         return mine
     parts: list[Any] = [None] * shares
     dist.all_gather_object(parts, mine)
     return {name: entry for part in parts for name, entry in part.items()}
+
+
+def _parallel_checksums(paths: list[Path]) -> list[str]:
+    """`file_checksum` of each path, files read in parallel threads (zlib and file reads release
+    the GIL)."""
+    if len(paths) < 2:
+        return [file_checksum(path) for path in paths]
+    with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1, 8)) as pool:
+        return list(pool.map(file_checksum, paths))
 
 
 def _write_manifest(folder: Path, files: dict[str, Any], publication: int) -> None:
