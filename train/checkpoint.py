@@ -121,6 +121,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         files, publication = manifest["files"], manifest["publication"]
         if not isinstance(files, dict) or not isinstance(publication, int) or META not in files:
             raise ValueError
+        for entry in files.values():
+            if not isinstance(entry["size"], int) or not isinstance(entry["crc32"], str):
+                raise ValueError
     except FileNotFoundError:
         raise BlockmixError(f"it has no {MANIFEST}") from None
     except (OSError, ValueError, KeyError, TypeError):
