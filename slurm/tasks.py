@@ -88,7 +88,7 @@ class TrainTask(Task):
         from train.rundir import RunDir
 
         run_dir = RunDir(self.run_dir)
-        latest = run_dir.latest_checkpoint()
+        latest = run_dir.latest_checkpoint(checksums=False)  # the trainer verifies it
         if latest is not None and _is_rank0():
             print(f"resuming {self.run_dir} from {latest[0].name}", flush=True)
         code = main(["train", self.config, *self.overrides])

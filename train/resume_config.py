@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from train.config import Config
 from train.errors import BlockmixError
+from train.rundir import RunDir
 
-CONFIG_FILE = "config.yaml"
 CHANGES_FILE = "config_changes.jsonl"
 MEANINGFUL = (
     "model",
@@ -48,7 +48,7 @@ def check_resume(
     """Raise a `BlockmixError` listing the meaningful settings that differ from the run's saved
     config when resuming from ``latest`` (a `find_latest` result); with
     ``run.allow_config_change`` record them in ``RUN/config_changes.jsonl`` instead."""
-    saved_path = Path(run_dir) / CONFIG_FILE
+    saved_path = RunDir(run_dir).config_file
     if latest is None or not saved_path.is_file():
         return
     step = int(latest[1]["step"])
@@ -61,7 +61,7 @@ def check_resume(
     if not config.run.allow_config_change:
         raise BlockmixError(
             f"resuming {run_dir} (step {step}) with settings that change what its checkpoint "
-            f"means: {listed}; use the run's {CONFIG_FILE}, a new run.dir, or pass "
+            f"means: {listed}; use the run's {RunDir.CONFIG}, a new run.dir, or pass "
             "--allow-config-change (run.allow_config_change=true) to record the change and go on"
         )
     if is_main:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from data_pipeline.atomic import write_bytes_atomic
+from train.untrusted import read_json, reading
 
 # Scalars shown as a run's latest metric, best first.
 PROGRESS_TAGS = ("val/top1", "train/loss")
@@ -74,26 +75,31 @@ class RunDir:
     def read_config(self) -> dict[str, Any] | None:
         """The resolved config as a plain mapping, or None before the trainer wrote it."""
         path = self.config_file
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        with reading(path):
+            return yaml.safe_load(path.read_text())
 
     def read_results(self) -> dict[str, Any] | None:
         """``results.json`` of a finished run, or None."""
         path = self.results_file
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
     @property
     def finished(self) -> bool:
         return self.results_file.is_file()
 
-    def latest_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest complete checkpoint folder and its meta, or None."""
+    def latest_checkpoint(self, checksums: bool = True) -> tuple[Path, dict[str, Any]] | None:
+        """The newest verified checkpoint folder and its meta, or None (`find_latest`;
+        ``checksums=False``: manifests and sizes only, a quick look)."""
         from train.checkpoint import find_latest
 
-        return find_latest(self.checkpoints)
+        return find_latest(self.checkpoints, checksums)
 
     def checkpoint_step(self) -> int | None:
-        """The step of the latest complete checkpoint, or None."""
-        latest = self.latest_checkpoint()
+        """The step of the newest checkpoint whose manifest and file sizes check out (no
+        checksums: a quick look for `status`), or None."""
+        latest = self.latest_checkpoint(checksums=False)
         return None if latest is None else int(latest[1]["step"])
 
     def scalars(self) -> dict[str, list[tuple[int, float]]]:

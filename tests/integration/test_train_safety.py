@@ -21,7 +21,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def finish(root: Path, run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    resumed = trainer(root, run, Batches(), "checkpoint.every=2")
+    resumed = trainer("single-task", root, run, [Batches()], "checkpoint.every=2")
     try:
         results = resumed.fit()
         weights = {k: v.clone() for k, v in resumed.engine.module.state_dict().items()}
@@ -34,7 +34,12 @@ def test_a_flipped_byte_in_the_latest_checkpoint_resumes_from_the_previous_one_e
     demo_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:
     first = trainer(
-        demo_root, tmp_path / "a", Batches(), "checkpoint.every=2", "train.stop_after=4"
+        "single-task",
+        demo_root,
+        tmp_path / "a",
+        [Batches()],
+        "checkpoint.every=2",
+        "train.stop_after=4",
     )
     try:
         assert first.fit() is None
