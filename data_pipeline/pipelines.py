@@ -14,6 +14,9 @@ from nvidia.dali.pipeline import Pipeline
 
 from data_pipeline.config import DataConfig
 
+#: the train graph's stages in order; `build_pipeline(until=...)` ends after one of them
+TRAIN_STAGES = ("decode", "resize", "normalize")
+
 
 def build_pipeline(
     config: DataConfig,
@@ -22,6 +25,7 @@ def build_pipeline(
     train: bool,
     batch_size: int,
     device_id: int | None,
+    until: str = "normalize",
 ) -> Pipeline:
     """A pipeline with one output: a batch of images, NCHW (or NHWC when ``channels_last``).
 
@@ -30,8 +34,12 @@ def build_pipeline(
     ``device_id`` None decodes on the CPU; an int decodes with DALI "mixed" on that GPU.
     Images are decoded as stored (EXIF orientation ignored, like PIL/torchvision), which is what
     the index's sizes and so the crop windows refer to, with the CPU decoder's chroma upsampling
-    on both backends so that CPU and GPU runs see nearly the same pixels.
+    on both backends so that CPU and GPU runs see nearly the same pixels. ``until`` (train only)
+    ends the graph after one of `TRAIN_STAGES`, to measure what each stage costs (`make
+    bench-data`); the loader always builds all of it.
     """
+    if until not in TRAIN_STAGES or (until != "normalize" and not train):
+        raise ValueError(f"until={until!r}: one of {TRAIN_STAGES}, and only for the train graph")
     pipe = Pipeline(
         batch_size=batch_size,
         num_threads=config.num_threads,
@@ -58,7 +66,13 @@ def build_pipeline(
                 adjust_orientation=False,
                 jpeg_fancy_upsampling=True,
             )
+            if until == "decode":
+                pipe.set_outputs(images)
+                return pipe
             images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
+            if until == "resize":
+                pipe.set_outputs(images)
+                return pipe
         else:
             jpegs = fn.external_source(source=source, batch=True, dtype=types.UINT8)
             images = fn.decoders.image(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import itertools
 import math
 import os
@@ -50,11 +49,11 @@ LOADER = "DALI loader (ROI decode, RRC 224, flip, normalise)"
 PIL_LOADER = "PIL + torch DataLoader, same recipe"
 DECODERS = ("decode only, DALI", "decode only, PIL")
 #: the loader's CPU cost split into stages, each adding to the one before: its pipeline run
-#: through the stage (the `build_pipeline` ops left out), and last what DaliLoader adds above it
-STAGES: dict[str, tuple[str, ...]] = {
-    "pipeline: ROI decode": ("resize", "crop_mirror_normalize"),
-    "pipeline: random-resized-crop resize to 224": ("crop_mirror_normalize",),
-    "pipeline: flip, normalise, CHW float (all of it)": (),
+#: through the stage (`build_pipeline(until=...)`), and last what DaliLoader adds above it
+STAGES: dict[str, str] = {
+    "pipeline: ROI decode": "decode",
+    "pipeline: random-resized-crop resize to 224": "resize",
+    "pipeline: flip, normalise, CHW float (all of it)": "normalize",
 }
 HANDOFF = "DaliLoader handoff (the loader above its pipeline)"
 
@@ -219,23 +218,15 @@ def dali_decode_runner(index: DatasetIndex, threads: int, batch: int) -> Callabl
     return _pipeline_runner(pipe, len(index.splits["train"].files) // batch)
 
 
-def stage_pipeline(index: DatasetIndex, threads: int, batch: int, skip: tuple[str, ...]) -> Any:
-    """The loader's own train pipeline (`build_pipeline`, with the loader's settings), built, with
-    its DALI ops named in ``skip`` replaced by the identity while it is built: the builder cannot
-    stop between stages, and this runs its code rather than a copy of it."""
-    from unittest import mock
-
-    from nvidia.dali import fn
-
+def stage_pipeline(index: DatasetIndex, threads: int, batch: int, until: str) -> Any:
+    """The loader's own train pipeline (`build_pipeline` with the loader's settings), built to end
+    after stage ``until``."""
     from data_pipeline.pipelines import build_pipeline
 
     config = DataConfig(root=str(index.root), batch_size=batch, num_threads=threads, device="cpu")
     source = _encoded_batches(index, batch, crops=True)
-    with contextlib.ExitStack() as patches:
-        for op in skip:
-            patches.enter_context(mock.patch.object(fn, op, lambda data, *_, **__: data))
-        pipe = build_pipeline(config, source, train=True, batch_size=batch, device_id=None)
-    with warnings.catch_warnings():  # without the mirror step the flips go unused, as meant
+    pipe = build_pipeline(config, source, train=True, batch_size=batch, device_id=None, until=until)
+    with warnings.catch_warnings():  # before the mirror step the flips go unused, as meant
         warnings.filterwarnings("ignore", "The external source node", Warning)
         pipe.build()
     return pipe
@@ -314,8 +305,8 @@ def main() -> None:
             DECODERS[0]: dali_decode_runner(index, args.threads, args.batch),
             DECODERS[1]: pil_decode_runner(index, args.threads),
         }
-        for stage, skip in STAGES.items():
-            pipe = stage_pipeline(index, args.threads, args.batch, skip)
+        for stage, until in STAGES.items():
+            pipe = stage_pipeline(index, args.threads, args.batch, until)
             runners[stage] = _pipeline_runner(pipe, args.images // args.batch)
         measures: dict[str, list[Measure]] = {name: [] for name in runners}
         for _ in range(args.rounds):

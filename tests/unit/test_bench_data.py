@@ -25,8 +25,8 @@ def test_stage_pipelines_stop_after_their_stage(tmp_path):
     index = bench_data.make_images(tmp_path, 4)
     sizes = index.splits["train"].sizes
     outputs = {}
-    for stage, skip in bench_data.STAGES.items():
-        pipe = bench_data.stage_pipeline(index, threads=1, batch=4, skip=skip)
+    for stage, until in bench_data.STAGES.items():
+        pipe = bench_data.stage_pipeline(index, threads=1, batch=4, until=until)
         outputs[stage] = [np.array(image) for image in pipe.run()[0]]
     roi, resized, whole = outputs.values()
     assert all(image.dtype == np.uint8 and image.shape[2] == 3 for image in roi)
