@@ -95,6 +95,9 @@ def verify(folder: Path, share: int = 0, shares: int = 1, checksums: bool = True
     try:
         manifest = read_manifest(folder)
     except BlockmixError as error:
+        if _predates_manifests(folder):
+            _warn(f"checkpoint {folder} predates checkpoint manifests: its files are not verified")
+            return None
         return str(error)
     entries = sorted(manifest["files"].items())
     for name, entry in entries:
@@ -129,6 +132,19 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         raise BlockmixError(f"its {MANIFEST} is damaged") from None
     return manifest
+
+
+def _predates_manifests(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint of a blockmix that wrote no manifest: no manifest file,
+    and a ``meta.json`` without the ``manifest`` key every later checkpoint's meta has (so a
+    deleted manifest of a newer checkpoint still counts as damage)."""
+    if (folder / MANIFEST).exists():
+        return False
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "manifest" not in meta and isinstance(meta.get("step"), int)
 
 
 def file_checksum(path: Path) -> str:
@@ -168,8 +184,8 @@ class RNGState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         version, words, gauss = state["python"]
         random.setstate((version, tuple(words), gauss))
-        kind, key, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+        kind, key, pos, has_gauss, cached = state["numpy"]  # key: a tensor, or an older array
+        np.random.set_state((kind, np.asarray(key).astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
@@ -247,6 +263,7 @@ class Checkpointer:
                 "step": step,
                 "world_size": world_size,
                 "zero_stage": engine.zero_optimization_stage(),
+                "manifest": MANIFEST,
             }
             _write_text(tmp / META, json.dumps(meta))
         dist.barrier()
@@ -386,12 +403,15 @@ def weights_only_loads(folder: Path) -> Iterator[None]:
 
 
 def _deepspeed_globals() -> list[Any]:
-    """The DeepSpeed types its checkpoint files hold besides tensors and plain data."""
+    """The types checkpoint files hold besides tensors and plain data: DeepSpeed's, and NumPy
+    arrays (data only: an object array would need its elements' types too), which hold the NumPy
+    RNG state in the rank files of checkpoints that predate manifests."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    numpy = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, *numpy]
 
 
 def _published(directory: Path) -> list[Path]:

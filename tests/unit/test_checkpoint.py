@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -67,7 +68,12 @@ def test_publish_keep_and_interrupted_save(engine, tmp_path: Path) -> None:
         ckpt.save(engine, step)
     assert sorted(p.name for p in tmp_path.glob("step*")) == [tag_for(2), tag_for(3)]
     folder, meta = ckpt.latest()
-    assert folder.name == tag_for(3) and meta == {"step": 3, "world_size": 1, "zero_stage": 2}
+    assert folder.name == tag_for(3) and meta == {
+        "step": 3,
+        "world_size": 1,
+        "zero_stage": 2,
+        "manifest": "manifest.json",
+    }
     box.fail = True
     with pytest.raises(OSError):
         ckpt.save(engine, 4)
@@ -144,6 +150,22 @@ def test_any_damaged_file_falls_back_to_the_previous_checkpoint(
             folder, meta = find_latest(copy)
             assert (folder.name, meta["step"]) == (tag_for(1), 1), (how, name)
             assert f"checkpoint {copy / tag_for(2)} is damaged" in capfd.readouterr().err
+
+
+def test_a_checkpoint_that_predates_manifests_is_used_with_a_warning(
+    engine, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    from train.checkpoint import find_latest
+
+    two_checkpoints(engine, tmp_path)
+    folder = tmp_path / tag_for(2)
+    (folder / "manifest.json").unlink()
+    assert find_latest(tmp_path)[0].name == tag_for(1)  # a later checkpoint without: damaged
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["manifest"]  # as blockmix wrote it before manifests
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert find_latest(tmp_path)[0].name == tag_for(2)
+    assert f"checkpoint {folder} predates checkpoint manifests" in capfd.readouterr().err
 
 
 def test_a_bad_or_missing_latest_falls_back_to_the_newest_verified(engine, tmp_path: Path) -> None:
