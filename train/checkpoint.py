@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -39,6 +40,7 @@ import torch.distributed as dist
 
 from train.config import CheckpointConfig
 from train.errors import BlockmixError
+from train.textlog import loader_position
 
 LATEST = "latest"
 TMP_PREFIX = ".tmp-"
@@ -51,6 +53,7 @@ FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 REQUEST_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 # What DeepSpeed's universal-checkpoint converter requires a checkpoint to declare.
 UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
+log = logging.getLogger(__name__)
 
 
 def tag_for(step: int) -> str:
@@ -276,6 +279,7 @@ class Checkpointer:
             os.replace(tmp, final)
             _write_text(self.dir / LATEST, tag)
             self._prune()
+            log.info("saved checkpoint %s (step %d)", final, step)
         dist.barrier()
         self.requested = False
         self._last_save = time.monotonic()
@@ -310,6 +314,9 @@ class Checkpointer:
         source_rank = rank if rank < meta["world_size"] else 0
         _load_states(self.per_rank, load_safely(folder / f"rank{source_rank:05d}.pt"))
         _load_states(self.shared, load_safely(folder / SHARED))
+        log.info(
+            "resumed from %s: step %d, %s", folder, meta["step"], loader_position(self.per_rank)
+        )
         return int(meta["step"])
 
     def _to_universal(self, folder: Path) -> str:

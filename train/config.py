@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -28,6 +29,7 @@ from train.tasks import AdaptConfig, MultiTaskConfig, TaskConfig, TransferConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BASE_KEY = "_base_"
+CONFIG_PATH_VARIABLE = "BLOCKMIX_CONFIG_PATH"
 
 
 @dataclass
@@ -303,24 +305,42 @@ def method_settings(config: Config) -> dict[str, Any]:
     }
 
 
-def named_configs() -> list[str]:
-    """Names of the configs shipped in ``train/configs``."""
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+def config_dirs() -> list[Path]:
+    """Folders of named configs, searched in order: ``$BLOCKMIX_CONFIG_PATH`` (``os.pathsep``-
+    separated), then ``train/configs``."""
+    extra = os.environ.get(CONFIG_PATH_VARIABLE, "")
+    return [Path(folder).expanduser() for folder in extra.split(os.pathsep) if folder] + [
+        CONFIG_DIR
+    ]
+
+
+def named_configs() -> dict[str, Path]:
+    """Name -> file of every named config; the first folder of `config_dirs` holding a name wins."""
+    found: dict[str, Path] = {}
+    for folder in config_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
 
 
 def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- named config (a name in ``train/configs`` or a YAML path) <- ``key=value``s."""
+    config = merged_config(name, overrides)
+    validate(config)
+    return config
+
+
+def merged_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """`load_config` before `validate`: each layer type-checked, the checks across fields not."""
     tree = OmegaConf.structured(Config)
-    for path in _config_chain(name):
+    for path in config_chain(name):
         tree = _merge(tree, _read_yaml(path), f"config {path}")
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key:
             raise BlockmixError(f"override {item!r} is not key=value (e.g. train.steps=100)")
         tree = _merge(tree, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    config: Config = OmegaConf.to_object(tree)
-    validate(config)
-    return config
+    return OmegaConf.to_object(tree)
 
 
 def save_config(config: Config, path: str | Path) -> None:
@@ -348,30 +368,37 @@ def flat_dict(config: Config) -> dict[str, Any]:
     return out
 
 
-def _config_chain(name: str) -> list[Path]:
-    """The YAML files of a named config, its ``_base_`` first."""
+def config_chain(name: str) -> list[Path]:
+    """The YAML files of a named config, its ``_base_`` first. A ``_base_`` that is a path is
+    relative to the file naming it; otherwise it is a named config."""
     chain: list[Path] = []
-    while name:
-        path = _resolve(name)
+    path = _resolve(name)
+    while True:
         if path in chain:
             raise BlockmixError(f"config {path}: {BASE_KEY} chain loops back to itself")
         chain.insert(0, path)
-        name = str(_read_yaml(path).get(BASE_KEY) or "")
-    return chain
+        base = _read_yaml(path).get(BASE_KEY)
+        if not base:
+            return chain
+        path = _resolve(str(base), relative_to=path.parent, where=f"config {path}: {BASE_KEY} ")
 
 
-def _resolve(name: str) -> Path:
-    path = Path(name)
+def _resolve(name: str, relative_to: Path | None = None, where: str = "") -> Path:
+    path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml"):
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
         if not path.is_file():
-            raise BlockmixError(f"config file {name} does not exist")
+            raise BlockmixError(f"{where}config file {path} does not exist")
         return path.resolve()
-    shipped = CONFIG_DIR / f"{name}.yaml"
-    if not shipped.is_file():
+    named = named_configs()
+    if name not in named:
+        folders = ", ".join(str(folder) for folder in config_dirs())
         raise BlockmixError(
-            f"unknown config {name!r}; named configs: {', '.join(named_configs())} (or a .yaml path)"
+            f"{where}unknown config {name!r}; named configs: {', '.join(named)} "
+            f"(in {folders}; add folders with ${CONFIG_PATH_VARIABLE}) or a .yaml path"
         )
-    return shipped
+    return named[name]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

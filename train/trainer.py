@@ -43,6 +43,7 @@ from train.rundir import RunDir
 from train.runlock import hold_run
 from train.schedules import warmup_cosine
 from train.tasks import run_tasks
+from train.textlog import LoggerGroup, TextLogger
 
 # One micro-batch: ``(images, labels)`` of every trained task.
 Batch = list[tuple[Tensor, Tensor]]
@@ -140,7 +141,9 @@ class Trainer:
         self.val_metrics = [ClassificationMetrics(n, self.device) for n in classes]
         if env.is_main:
             self.run_dir.write_config(to_yaml(config))
-            self.logger = TensorBoardLogger(self.run_dir.tensorboard)
+            self.logger = LoggerGroup(
+                TensorBoardLogger(self.run_dir.tensorboard), TextLogger(self.total_steps)
+            )
         names = ", ".join(task.name for task in self.sources)
         self._print(f"{names}: {self.trained_params:,} of {self.total_params:,} parameters trained")
 
