@@ -31,6 +31,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--constraint")
     submit.add_argument("--cluster", choices=EXECUTORS, dest="executor")
     submit.add_argument("--wait", action="store_true", help="block until the job ends")
+    submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and model, print parameters, FLOPs, the DeepSpeed config and "
+        "the SLURM resources; submit nothing",
+    )
     submit.set_defaults(handler=_submit)
 
     sweep = subparsers.add_parser(
@@ -65,9 +71,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _submit(args: argparse.Namespace) -> int:
     from slurm.cluster import load_cluster_config
-    from slurm.submit import Resources, submit, wait
+    from slurm.submit import Resources, job_parameters, submit, wait
     from slurm.tasks import TrainTask
     from train.config import load_config
+    from train.preflight import describe, preflight
 
     cluster = load_cluster_config().with_overrides(
         executor=args.executor,
@@ -78,11 +85,22 @@ def _submit(args: argparse.Namespace) -> int:
         constraint=args.constraint,
     )
     config = load_config(args.config, args.overrides)  # a bad key fails here, not in the job
+    resources = Resources(args.nodes, args.gpus_per_node)
+    # the model and DeepSpeed config too: a mistake must not wait in the queue first
+    report = preflight(config, args.nodes * resources.tasks_per_node, args.gpus_per_node > 0)
     run_dir = cluster.resolve(config.run.dir)
     config_arg = str(Path(args.config).resolve()) if Path(args.config).is_file() else args.config
     task = TrainTask(config_arg, args.overrides, run_dir)
     name = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"blockmix-{run_dir.name}")
-    job = submit(task, cluster, Resources(args.nodes, args.gpus_per_node), name)
+    if args.dry_run:
+        parameters = job_parameters(cluster, resources, name, task.stop_signal)
+        print(describe(report))
+        print(f"run        {run_dir}")
+        text = json.dumps(parameters, indent=2, sort_keys=True).replace("\n", "\n" + " " * 11)
+        print(f"{cluster.executor:<11}{text}")
+        print("dry run: nothing submitted")
+        return 0
+    job = submit(task, cluster, resources, name)
     print(
         f"submitted job {job.job_id} ({cluster.executor}): run {run_dir}, logs {job.paths.folder}"
     )

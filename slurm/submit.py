@@ -76,7 +76,7 @@ def make_executor(
         slurm_python=JOB_PYTHON,
         local_python=JOB_PYTHON,
     )
-    executor.update_parameters(**_parameters(cluster, resources, name, stop_signal))
+    executor.update_parameters(**job_parameters(cluster, resources, name, stop_signal))
     return executor
 
 
@@ -122,9 +122,10 @@ def _stop_signal(task: Callable[[], Any]) -> str:
     return getattr(task, "stop_signal", "USR2")
 
 
-def _parameters(
+def job_parameters(
     cluster: ClusterConfig, resources: Resources, name: str, stop_signal: str
 ) -> dict[str, Any]:
+    """submitit's executor parameters for one job (what `blockmix submit --dry-run` shows)."""
     parameters: dict[str, Any] = {
         "name": name,
         "nodes": resources.nodes,

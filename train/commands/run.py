@@ -22,6 +22,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resume although settings that change what the checkpoint means differ (recorded)",
     )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the config, build the model on the meta device and print parameters, "
+        "FLOPs and the DeepSpeed config; train nothing",
+    )
     train.set_defaults(handler=_train)
     evaluate = subparsers.add_parser("eval", help="evaluate exported weights on the val split")
     evaluate.add_argument("config", help="the config the weights were trained with")
@@ -41,6 +47,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.allow_config_change:
         args.overrides.append("run.allow_config_change=true")
     config = load_config(args.config, args.overrides)  # a bad key fails here, once
+    if args.dry_run:
+        from train.preflight import print_dry_run
+
+        return print_dry_run(config, args.nproc or from_environment().world_size)
     if args.nproc:
         return launch_local(args.nproc, ["train", args.config, *args.overrides])
     os.environ.setdefault("DS_ACCELERATOR", _accelerator())
