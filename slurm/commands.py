@@ -138,17 +138,21 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from slurm.sweep import read_plan, states
+    from slurm.endstate import end_state
+    from slurm.sweep import read_jobs, read_plan, states
     from train.rundir import RunDir
 
     sweep_dir = Path(args.sweep_dir)
     planned = read_plan(sweep_dir)
-    current = states(planned, sweep_dir)
-    print(f"{'run':<34}{'state':<10}{'step':>8}  latest metric (multi-task: mean of tasks)")
+    current, jobs = states(planned, sweep_dir), read_jobs(sweep_dir)
+    print(f"{'run':<34}{'state':<26}{'step':>8}  latest metric (multi-task: mean of tasks)")
     for run in planned:
         step, metric = RunDir(sweep_dir / "runs" / run.name).progress()
         shown = "-" if step is None else str(step)
-        print(f"{run.name:<34}{current[run.name]:<10}{shown:>8}  {metric or '-'}")
+        state = current[run.name]
+        if state == "failed":  # its job ended without results: say how
+            state += f": {end_state(jobs[run.name]) or 'unknown'}"
+        print(f"{run.name:<34}{state:<26}{shown:>8}  {metric or '-'}")
     counts = {state: list(current.values()).count(state) for state in sorted(set(current.values()))}
     print(", ".join(f"{count} {state}" for state, count in counts.items()))
     return 0

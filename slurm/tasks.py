@@ -84,6 +84,7 @@ class TrainTask(Task):
         self.run_dir = run_dir
 
     def run(self) -> dict[str, Any] | None:
+        from slurm.endstate import record_exit
         from train.cli import main
         from train.rundir import RunDir
 
@@ -91,7 +92,11 @@ class TrainTask(Task):
         latest = run_dir.latest_checkpoint(checksums=False)  # the trainer verifies it
         if latest is not None and _is_rank0():
             print(f"resuming {self.run_dir} from {latest[0].name}", flush=True)
-        code = main(["train", self.config, *self.overrides])
+        code = 1  # an exception out of main records 1
+        try:
+            code = main(["train", self.config, *self.overrides])
+        finally:
+            record_exit(code)
         if code == STOPPED_BY_SIGNAL:
             _requeue_if_running()
             sys.exit(code)  # no result: the job is not over
