@@ -16,6 +16,7 @@ from train.checkpoint import (
 )
 from train.config import Config
 from train.errors import BlockmixError
+from train.models import Network
 from train.rundir import RunDir
 
 
@@ -49,16 +50,80 @@ def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str,
     }
 
 
-def export(run_dir: str | Path, out: str | Path, ema: bool = False) -> Path:
-    """Write the run's consolidated weights to a safetensors file."""
+FORMATS = ("blockmix", "torchvision")
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    ema: bool = False,
+    bake: bool = False,
+    task: int = 0,
+    fmt: str = "blockmix",
+) -> Path:
+    """Write the run's consolidated weights to a safetensors file that stands alone.
+
+    The metadata holds the run's resolved config, the model's description (`load_model` needs
+    nothing else) and the blockmix version. ``bake`` writes task ``task`` of a template variant
+    as the plain network it computes; ``fmt="torchvision"`` renames a reference baseline's
+    keys for torchvision's constructor.
+    """
     from safetensors.torch import save_file
 
+    from train import formats
+    from train.config import load_config, to_yaml
+    from train.taskmodel import build_model
+    from train.textlog import version
+
+    if fmt not in FORMATS:
+        raise BlockmixError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    config_file = RunDir(run_dir).config_file
+    if not config_file.is_file():
+        raise BlockmixError(f"{run_dir} has no {config_file.name}: not a run directory")
+    config = load_config(str(config_file))
+    model = build_model(config)
+    model.load_state_dict(consolidated_state_dict(run_dir, ema))
+    if bake:
+        model = formats.bake(model, task)
+    metadata = {"run": str(run_dir), "config": to_yaml(config), "blockmix_version": version()}
+    metadata["format"] = fmt
+    if isinstance(model, Network):
+        metadata["model"] = formats.model_spec(model.config)
+    if fmt == "torchvision":
+        state = formats.torchvision_state_dict(model)
+        metadata["torchvision_model"] = formats.torchvision_name(model.config)
+    else:
+        state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     out = Path(out)
     if out.is_dir():
         raise BlockmixError(f"--out {out} is a folder; name the FILE.safetensors to write")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(consolidated_state_dict(run_dir, ema), str(out), metadata={"run": str(run_dir)})
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(out)
     return out
+
+
+def load_model(path: str | Path) -> Network:
+    """The network of a blockmix-format file written by `export`, built from the file's own
+    metadata and loaded (nothing else is needed: no run directory, no config)."""
+    from safetensors import safe_open
+
+    from train.formats import model_from_spec
+
+    if not Path(path).is_file():
+        raise BlockmixError(f"{path}: no such file; write one with `blockmix export`")
+    with safe_open(str(path), "pt") as file:
+        metadata = file.metadata() or {}
+    if metadata.get("format") == "torchvision":
+        name = metadata.get("torchvision_model", "the torchvision model")
+        raise BlockmixError(f"{path} is in torchvision format: load it with torchvision's {name}")
+    if "model" not in metadata:
+        raise BlockmixError(
+            f"{path} holds no model description (an older or per-task export); "
+            "use load_weights with the run's config"
+        )
+    return load_weights(model_from_spec(metadata["model"]).build(), path).eval()
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:

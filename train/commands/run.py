@@ -37,6 +37,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("run", help="the run directory")
     export.add_argument("--out", required=True, help="FILE.safetensors to write")
     export.add_argument("--ema", action="store_true", help="export the EMA weights")
+    export.add_argument(
+        "--format",
+        choices=("blockmix", "torchvision"),
+        default="blockmix",
+        help="torchvision: a reference resnet18/34/50 or mobilenet_v2 baseline under "
+        "torchvision's key names (default blockmix)",
+    )
+    export.add_argument(
+        "--bake",
+        action="store_true",
+        help="a template variant as the plain network of independent blocks it computes",
+    )
+    export.add_argument("--task", type=int, default=0, help="the task --bake writes (default 0)")
     export.set_defaults(handler=_export)
 
 
@@ -89,7 +102,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from train.export import export
 
-    print(export(args.run, args.out, ema=args.ema))
+    print(export(args.run, args.out, args.ema, args.bake, args.task, args.format))
     return 0
 
 
