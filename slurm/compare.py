@@ -4,7 +4,8 @@ One row per model and variant (+ mode): parameters, FLOPs, images/s, top-1/top-5
 over the finished seeds, and the paired difference in top-1 to the row's baseline (runs with the
 same seed) with a 95% t-interval over the n paired differences. Unfinished runs are counted in
 their row's state column, never dropped. Written as Markdown, CSV and a PNG (top-1 vs parameters,
-and the runs' training-loss curves from their TensorBoard event files).
+the paired differences with their intervals, and the runs' training-loss curves from their
+TensorBoard event files).
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def paired_difference(
     mean = sum(diffs) / n
     if n == 1:
         return 1, mean, None, None
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * _std(diffs) / math.sqrt(n)
-    return n, mean, mean - half, mean + half
+    low, high = stats.ttest_1samp(diffs, 0.0).confidence_interval(CONFIDENCE)
+    return n, mean, float(low), float(high)
 
 
 def table(report_rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -207,39 +208,69 @@ def write_csv(lines: Sequence[dict[str, Any]], path: Path) -> None:
         writer.writerows(lines)
 
 
-def plot(report_rows: Sequence[Row], path: Path) -> None:
-    """Top-1 (mean +- std over seeds) against parameters, and every run's training loss."""
+def plot(report_rows: Sequence[Row], lines: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write `figure` to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(report_rows, lines)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure(report_rows: Sequence[Row], lines: Sequence[dict[str, Any]]) -> Any:
+    """Three panels: top-1 (mean +- std over seeds) against parameters, each baseline and its
+    variant drawn a little apart so that both error bars show; the paired top-1 differences to
+    the baseline with their t-intervals (the verdict); every run's training loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import ScaledTranslation
 
-    figure, (accuracy, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (accuracy, verdict, curves) = plt.subplots(1, 3, figsize=(18, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, row in enumerate(report_rows):
+    differences = []
+    for index, (row, line) in enumerate(zip(report_rows, lines, strict=True)):
         colour, name = colours[index % len(colours)], f"{row.label.model} {row.label.text}"
         done = row.finished()
         if done:
-            top1 = [run.results["top1"] for run in done]
+            top1, params = [run.results["top1"] for run in done], done[0].results["params"]
+            mean, std = _mean(top1), _std(top1) or 0.0
+            apart = ScaledTranslation(0.06 if row.reference else -0.06, 0, fig.dpi_scale_trans)
             accuracy.errorbar(
-                done[0].results["params"], _mean(top1), yerr=_std(top1) or 0.0,
-                fmt="o", capsize=4, color=colour, label=name,
+                params, mean, yerr=std, fmt="o", capsize=4, color=colour, label=name,
+                transform=accuracy.transData + apart,
             )  # fmt: skip
+            accuracy.update_datalim([(params, mean - std), (params, mean + std)])  # not automatic
+        if line["paired_n"]:
+            differences.append((f"{name} (n={line['paired_n']})", line, colour))
         for number, run in enumerate(row.runs):
             loss = RunDir(run.path).series("train/loss")
             if loss:
                 steps, values = zip(*loss, strict=True)
                 label = f"{name} ({len(row.runs)} runs)" if number == 0 else None
                 curves.plot(steps, values, color=colour, alpha=0.7, label=label)
+    for y, (_, line, colour) in enumerate(differences):
+        low, high, diff = line["top1_diff_low"], line["top1_diff_high"], line["top1_diff"]
+        error = None if low is None else [[diff - low], [high - diff]]
+        verdict.errorbar(diff, y, xerr=error, fmt="s", capsize=5, color=colour)
+    verdict.axvline(0.0, color="grey", linewidth=1)
+    verdict.set_yticks(range(len(differences)), [name for name, _, _ in differences], fontsize=8)
+    verdict.set_ylim(-0.5, max(len(differences), 1) - 0.5)
+    verdict.set(
+        xlabel=f"top-1 difference to its baseline (points, {CONFIDENCE:.0%} t-interval)",
+        title="paired difference over seeds",
+    )
+    accuracy.autoscale_view()
     accuracy.set(xlabel="trainable parameters", ylabel="val top-1 (%)", title="accuracy vs size")
     curves.set(xlabel="step", ylabel="train loss", title="training curves", yscale="log")
-    for axes in (accuracy, curves):
+    for axes in (accuracy, verdict, curves):
         axes.grid(alpha=0.3)
+    for axes in (accuracy, curves):
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    fig.tight_layout()
+    return fig
 
 
 def report(paths: Sequence[str | Path], out: Path) -> str:
@@ -253,7 +284,7 @@ def report(paths: Sequence[str | Path], out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
     write_csv(lines, out.with_suffix(".csv"))
-    plot(report_rows, out.with_suffix(".png"))
+    plot(report_rows, lines, out.with_suffix(".png"))
     return text
 
 

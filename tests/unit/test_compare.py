@@ -9,7 +9,7 @@ import math
 import pytest
 from PIL import Image
 
-from slurm.compare import collect, paired_difference, report, rows, table
+from slurm.compare import collect, figure, paired_difference, report, rows, table
 from train.cli import main
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom
@@ -53,7 +53,7 @@ def test_report_of_a_sweep(real_sweep, capsys):
     assert float(lines[1]["top1_diff_high"]) == pytest.approx(sum(diffs) / 2 + half)
     assert "(n=2)" in printed
     with Image.open(sweep / "compare.png") as image:
-        assert image.size == (1200, 450)
+        assert image.size == (1800, 450)
 
 
 def test_unfinished_runs_are_shown_not_dropped(real_sweep, tmp_path):
@@ -71,3 +71,32 @@ def test_unfinished_runs_are_shown_not_dropped(real_sweep, tmp_path):
 def test_compare_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "neither a sweep directory nor a run directory" in capsys.readouterr().err
+
+
+def test_figure_shows_the_paired_intervals_and_keeps_pairs_apart(real_sweep):
+    import matplotlib.pyplot as plt
+
+    report_rows = rows(collect([real_sweep.sweep_dir]))
+    lines = table(report_rows)
+    fig = figure(report_rows, lines)
+    try:
+        accuracy, verdict, _ = fig.axes
+        (tmix,) = [line for line in lines if line["paired_n"]]
+        (bars,) = verdict.containers  # the one variant: its mean and its interval
+        assert bars.lines[0].get_xdata()[0] == pytest.approx(tmix["top1_diff"])
+        (segment,) = bars.lines[2][0].get_segments()
+        low, high = sorted(x for x, _ in segment)
+        assert (low, high) == pytest.approx((tmix["top1_diff_low"], tmix["top1_diff_high"]))
+        assert "tmix deeper (n=2)" in verdict.get_yticklabels()[0].get_text()
+        # the pair's parameter counts are within 0.5%: where several models share the axis the
+        # two points would sit on each other, so each is drawn 0.06 inch off its place
+        for container, inches in zip(accuracy.containers, (-0.06, 0.06), strict=True):
+            point = container.lines[0].get_xydata()
+            low, high = accuracy.get_xlim()
+            assert low < point[0][0] < high  # the axes still scale to the points
+            shown = container.lines[0].get_transform().transform(point)[0][0]
+            assert shown - accuracy.transData.transform(point)[0][0] == pytest.approx(
+                inches * fig.dpi
+            )
+    finally:
+        plt.close(fig)
