@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import torch
@@ -83,9 +85,10 @@ def export(
     config = load_config(str(config_file))
     model = build_model(config)
     model.load_state_dict(consolidated_state_dict(run_dir, ema))
+    metadata = {"run": str(run_dir), "config": to_yaml(config), "blockmix_version": version()}
     if bake:
         model = formats.bake(model, task)
-    metadata = {"run": str(run_dir), "config": to_yaml(config), "blockmix_version": version()}
+        metadata["baked_task"] = str(task)  # ``config`` is the template run's
     metadata["format"] = fmt
     if isinstance(model, Network):
         metadata["model"] = formats.model_spec(model.config)
@@ -102,6 +105,24 @@ def export(
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(out)
     return out
+
+
+def describe_export(path: str | Path) -> str:
+    """One line about an exported file: format, model, tensors and parameters."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as file:
+        metadata = file.metadata() or {}
+        numel = sum(math.prod(file.get_slice(key).get_shape()) for key in file.keys())  # noqa: SIM118
+        count = len(file.keys())
+    what = metadata.get("torchvision_model") or ""
+    if "model" in metadata and not what:
+        model = json.loads(metadata["model"])
+        what = f"{model['family'].removesuffix('Config')} {model['variant']}, {model['num_tasks']} task(s)"
+    return (
+        f"{path}: {metadata.get('format', 'blockmix')} format, {what}; {count} tensors, "
+        f"{numel:,} values; metadata: {', '.join(sorted(metadata))}"
+    )
 
 
 def load_model(path: str | Path) -> Network:

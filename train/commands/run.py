@@ -100,9 +100,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from train.export import export
+    from train.export import describe_export, export
 
-    print(export(args.run, args.out, args.ema, args.bake, args.task, args.format))
+    print(describe_export(export(args.run, args.out, args.ema, args.bake, args.task, args.format)))
     return 0
 
 
