@@ -1,7 +1,8 @@
 """The one typed config tree of a training run, its named configs and its dotted overrides.
 
 A run's config is the defaults below, updated by a named config (``train/configs/NAME.yaml``, which
-holds only its differences from the defaults and may name a ``_base_`` config it extends), updated
+holds only its differences from the defaults and may name a ``_base_`` config it extends: a name,
+or a YAML path relative to the naming file; ``$BLOCKMIX_CONFIG_PATH`` adds folders), updated
 by ``key=value`` overrides from the command line. Every layer is type-checked against the tree;
 `validate` holds the checks across fields. The resolved tree is written into the run directory.
 """

@@ -9,7 +9,10 @@ import signal
 
 from train.errors import BlockmixError
 
-OVERRIDES_HELP = "dotted overrides such as train.steps=100 run.dir=runs/x (see README: Training)"
+OVERRIDES_HELP = (
+    "dotted overrides such as train.steps=100 run.dir=runs/x; every key and its value: "
+    "`blockmix config show CONFIG`"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
