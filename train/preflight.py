@@ -22,7 +22,9 @@ def build_run_model(config: Config) -> nn.Module:
 
         return build_model(config)
     mc = config.model
-    return models.build(mc.name, mc.variant, mc.num_classes, mc.mode, mc.num_tasks, **mc.options)
+    return models.build(
+        mc.name, mc.variant, mc.num_classes, mc.mode, mc.num_tasks, **mc.build_kwargs()
+    )
 
 
 def preflight(config: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:

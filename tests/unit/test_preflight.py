@@ -34,7 +34,7 @@ def test_train_dry_run_builds_the_model_and_prints_its_deepspeed_config(capsys, 
     config = load_config(DEMO[0], [*DEMO[1:], "train.global_batch=128"])
     mc = config.model
     with torch.device("meta"):
-        model = build(mc.name, mc.variant, mc.num_classes, mc.mode, **mc.options)
+        model = build(mc.name, mc.variant, mc.num_classes, mc.mode, **mc.build_kwargs())
     assert f"params     {count_params(model):,}\n" in out
     assert f"GFLOPs     {flops_per_image(model, 32) / 1e9:.6g} per 32 px image" in out
     assert "isometric tmix deeper" in out
@@ -45,7 +45,7 @@ def test_train_dry_run_builds_the_model_and_prints_its_deepspeed_config(capsys, 
     assert not run.exists()  # nothing written
 
 
-def test_a_mistake_found_when_the_model_is_built_stops_the_dry_run(capsys):
+def test_a_bad_model_option_stops_the_dry_run_in_one_line(capsys):
     assert main(["train", *DEMO, "model.options.blokcs=3", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "blokcs" in err
