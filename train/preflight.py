@@ -8,23 +8,8 @@ import json
 from typing import Any
 
 import torch
-from torch import nn
 
 from train.config import Config
-
-
-def build_run_model(config: Config) -> nn.Module:
-    """The run's model as the trainers build it (on the current default device)."""
-    from train import models
-
-    if config.tasks:
-        from train.multitask import build_model
-
-        return build_model(config)
-    mc = config.model
-    return models.build(
-        mc.name, mc.variant, mc.num_classes, mc.mode, mc.num_tasks, **mc.build_kwargs()
-    )
 
 
 def preflight(config: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:
@@ -32,9 +17,10 @@ def preflight(config: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:
     DeepSpeed config for ``world_size`` ranks; a wrong setting raises a `BlockmixError`."""
     from train import models
     from train.engine import deepspeed_config
+    from train.taskmodel import build_model
 
     with torch.device("meta"):
-        model = build_run_model(config)
+        model = build_model(config)
     ds = deepspeed_config(config, world_size, on_gpu)
     note = ""
     if on_gpu and not torch.cuda.is_available() and config.train.precision == "auto":
