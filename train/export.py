@@ -20,6 +20,7 @@ from train.config import Config
 from train.errors import BlockmixError
 from train.models import Network
 from train.rundir import RunDir
+from train.untrusted import reading
 
 
 def consolidated_state_dict(run_dir: str | Path, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -79,12 +80,20 @@ def export(
 
     if fmt not in FORMATS:
         raise BlockmixError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    weights = consolidated_state_dict(run_dir, ema)
     config_file = RunDir(run_dir).config_file
     if not config_file.is_file():
         raise BlockmixError(f"{run_dir} has no {config_file.name}: not a run directory")
-    config = load_config(str(config_file))
+    with reading(config_file):  # a run directory from elsewhere: damage is one line
+        config = load_config(str(config_file))
     model = build_model(config)
-    model.load_state_dict(consolidated_state_dict(run_dir, ema))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # a config.yaml that is not the checkpoint's
+        detail = " ".join(str(error).split())[:200]
+        raise BlockmixError(
+            f"{run_dir}: the checkpoint does not fit the model of {config_file.name} ({detail})"
+        ) from None
     metadata = {"run": str(run_dir), "config": to_yaml(config), "blockmix_version": version()}
     if bake:
         model = formats.bake(model, task)

@@ -232,6 +232,23 @@ def test_export_refuses_bad_runs_and_outputs(
     assert not marker.exists() and not (tmp_path / "w.safetensors").exists()
 
 
+def test_export_refuses_a_saved_config_that_is_not_the_runs(
+    capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path
+) -> None:
+    run = damaged_copy(trained, tmp_path)
+    out = tmp_path / "w.safetensors"
+    argv = ["export", str(run), "--out", str(out)]
+    config = run / "config.yaml"
+    text = config.read_text()
+    config.write_bytes(b"\xff\xfe garbage: [")
+    assert "config.yaml is damaged" in refused(capsys, argv, guarded=run)
+    config.write_text(text.replace("width: 32", "width: 16", 1))
+    assert "the checkpoint does not fit the model of config.yaml" in refused(
+        capsys, argv, guarded=run
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("weights", ["garbage", "missing", "none"])
 def test_eval_refuses_bad_weights(
     capsys: pytest.CaptureFixture, demo: Path, tmp_path: Path, weights: str
