@@ -5,6 +5,7 @@ A sweep file holds only what differs from a named training config::
     config: demo                  # named config (train/configs) or a YAML file
     models: [isometric]           # registered models (default: the config's model.name)
     modes: [deeper, compact]      # matched template variants to train next to each baseline
+                                  # ([]: no pairing, the config's own variant over grid x seeds)
     seeds: [0, 1, 2]              # run.seed of every run
     overrides: {data.root: data/demo, train.epochs: 6}   # dotted keys, for every run
     grid: {model.mixing.init: [uniform, identity], optim.logits_lr_scale: [1, 10]}
@@ -15,7 +16,9 @@ A sweep file holds only what differs from a named training config::
 ``grid`` maps dotted config keys to lists of values; their cross product (a grid point each) is
 crossed with models x modes x seeds. Baselines and variants are paired per seed and per grid
 point; keys that only concern template variants (`TMIX_ONLY_KEYS`, e.g. ``model.mixing.*``) do
-not multiply the baselines. For each model and seed, the runs of that pair (baseline, ``tmix``
+not multiply the baselines. ``modes: []`` plans unpaired runs: the config as it is (its own
+``model.variant`` and ``model.mode``) at every grid point and seed, e.g. transfer or adaptation
+runs compared among themselves. For each model and seed, the runs of that pair (baseline, ``tmix``
 per mode and grid point and, for ``compact``, the narrowed baseline it is matched to) are one job
 array. Sweep directory::
 
@@ -39,7 +42,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,9 +201,16 @@ def make_plan(spec: SweepSpec, executor: str | None = None, overrides: Sequence[
             registered = model_config(
                 model, num_classes=mc.num_classes, num_tasks=mc.num_tasks, **mc.build_kwargs()
             )
-            variants: list[tuple[str, str | None, tuple[str, ...], int, tuple[str, ...]]] = [
-                ("baseline", None, (), config_params(registered), shared)
-            ]
+            if spec.modes:
+                variants: list[tuple[str, str | None, tuple[str, ...], int, tuple[str, ...]]] = [
+                    ("baseline", None, (), config_params(registered), shared)
+                ]
+            else:  # unpaired: the config's own variant at every grid point
+                own = model_config(
+                    model, mc.variant, mc.num_classes, mc.mode, mc.num_tasks, **mc.build_kwargs()
+                )
+                mode = (f"model.mode={mc.mode}",) if mc.mode else ()
+                variants = [(mc.variant, mc.mode, mode, config_params(own), point)]
             for mode in spec.modes:
                 pair = match(registered, mode)
                 pairing = Pairing(model, mode, pair.baseline_params, pair.tmix_params)
@@ -318,8 +328,9 @@ def states(plan_runs: Sequence[PlannedRun], sweep_dir: Path) -> dict[str, str]:
     }
 
 
-def submit_plan(plan: Plan) -> list[Any]:
-    """Submit every missing or failed run, one job array per (model, seed); record the jobs."""
+def submit_plan(plan: Plan, only: Collection[str] | None = None) -> list[Any]:
+    """Submit every missing or failed run (of ``only``, run names, if given), one job array per
+    (model, seed); record the jobs. ``plan.json`` always lists every run of the plan."""
     from slurm.submit import submit_array
     from slurm.tasks import TrainTask
     from train.runlock import acquire
@@ -331,7 +342,11 @@ def submit_plan(plan: Plan) -> list[Any]:
     (plan.sweep_dir / "sweep.yaml").write_text(plan.spec.path.read_text())
     jobs_record, submitted = read_jobs(plan.sweep_dir), []
     for (model, seed), runs in plan.groups().items():
-        todo = [run for run in runs if current[run.name] in ("missing", "failed")]
+        todo = [
+            run
+            for run in runs
+            if current[run.name] in ("missing", "failed") and (only is None or run.name in only)
+        ]
         if not todo:
             continue
         tasks = [
@@ -431,6 +446,8 @@ def _names(data: dict, key: str, where: str, required: bool) -> tuple[str, ...]:
 def _modes(data: dict, where: str) -> tuple[str, ...]:
     from train.models import MODES
 
+    if data.get("modes") == []:
+        return ()  # unpaired runs of the config's own variant
     modes = _names(data, "modes", where, required=True)
     bad = [mode for mode in modes if mode not in MODES]
     if bad:
