@@ -242,9 +242,13 @@ class Trainer:
         from safetensors.torch import save_file
 
         from train.adaptation import Adapter
+        from train.transfer import copy_task
 
         cfg, step, target = self.config.adapt, self.progress.step, len(self.sources)
         module = self.engine.module
+        # The target starts from its source task as trained (logits, BN statistics, head): its
+        # copy made before training stayed at the initialisation, so `before` was chance.
+        copy_task(module, cfg.source_task, target)
         before = self.evaluate(target)
         adapter = Adapter(module, target, list(range(target)), cfg)
         sources = [_forever(loader) for loader in self.train_loaders[:target]]

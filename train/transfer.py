@@ -32,7 +32,7 @@ def prepare_tasks(model: nn.Module, config: Config) -> int:
         trained = apply_mode(model, transfer.mode)
     else:
         trained = count_params(model)
-    if config.adapt.target:  # the target waits, untrained, as a copy of its source task
+    if config.adapt.target:  # copied again from the trained source when adaptation starts
         copy_task(model, config.adapt.source_task, len(config.tasks))
     return trained
 

@@ -97,6 +97,13 @@ def test_adaptation_reports_target_accuracy_before_and_after(demo: Path) -> None
         assert 0.0 <= results[key] <= 100.0
 
 
+def test_adaptation_starts_the_target_from_its_trained_source_task(demo: Path) -> None:
+    """With the source's own domain as the target, accuracy before adapting is the source's."""
+    out = demo.parent / "adapt_self"
+    results = run("demo_adapt", demo, out, "adapt.target=inverted", "train.steps=20")
+    assert results["target_top1_before"] == results["tasks"]["inverted"]["top1"]
+
+
 def test_multitask_run_stopped_and_resumed_ends_where_the_uninterrupted_one_does(
     demo: Path, multitask: Path
 ) -> None:
