@@ -526,7 +526,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cluster", dest="executor", choices=("local", "slurm", "debug"))
     parser.add_argument("--jobs", type=int, default=4, help="runs alive at once (default 4)")
     parser.add_argument("--report-only", action="store_true", help="train nothing")
-    parser.add_argument("--sweeps", type=Path, default=Path("runs/sweeps"))
+    parser.add_argument(
+        "--sweeps",
+        type=Path,
+        help="the sweeps' parent folder (default runs/sweeps, under run_root)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/mnist_study"))
     parser.add_argument("--readme", type=Path, help="also replace the study section of this file")
     args = parser.parse_args(argv)
@@ -534,7 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.jobs < 1:
             raise BlockmixError(f"--jobs must be >= 1, got {args.jobs}")
         left = [] if args.report_only else run_study(args.executor, args.jobs)
-        text = write_report(args.sweeps, args.out)
+        from slurm.cluster import load_cluster_config
+
+        sweeps = args.sweeps or load_cluster_config().resolve("runs/sweeps")
+        text = write_report(sweeps, args.out)
         if args.readme:
             update_readme(args.readme, text)
     except BlockmixError as error:
