@@ -13,7 +13,8 @@ Reading: the newest checkpoint (by publication) whose files match its manifest i
 those that do not are named in a warning. The ``keep`` most recently published are kept.
 
 Nothing here unpickles more than tensors and plain data: blockmix's own files hold only those,
-and DeepSpeed's are read with ``weights_only=True`` and the few DeepSpeed types they need.
+and DeepSpeed's are read with ``weights_only=True`` and the few DeepSpeed types they need (plus
+plain NumPy arrays, in older rank files).
 """
 
 from __future__ import annotations
@@ -364,9 +365,10 @@ class Checkpointer:
 
 def load_safely(path: Path, mmap: bool = False) -> Any:
     """``torch.load`` of a checkpoint file with ``weights_only=True`` (tensors, plain data and the
-    few DeepSpeed types its files need); anything else is a `BlockmixError` naming the file."""
+    few DeepSpeed and NumPy types checkpoints need); anything else is a `BlockmixError` naming
+    the file."""
     try:
-        with torch.serialization.safe_globals(_deepspeed_globals()):
+        with torch.serialization.safe_globals(_checkpoint_globals()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise BlockmixError(f"{path} is missing") from None
@@ -388,13 +390,14 @@ def check_loads_safely(folder: Path) -> None:
 @contextlib.contextmanager
 def weights_only_loads(folder: Path) -> Iterator[None]:
     """Make every ``torch.load`` inside (DeepSpeed's included) use ``weights_only=True`` with the
-    DeepSpeed types allowed; a file needing more is a `BlockmixError` naming ``folder``."""
+    checkpoint types allowed (`_checkpoint_globals`); a file needing more is a `BlockmixError`
+    naming ``folder``."""
     import pickle
 
     previous = os.environ.get(FORCE_WEIGHTS_ONLY)
     os.environ[FORCE_WEIGHTS_ONLY] = "1"
     try:
-        with torch.serialization.safe_globals(_deepspeed_globals()):
+        with torch.serialization.safe_globals(_checkpoint_globals()):
             yield
     except pickle.UnpicklingError as error:
         first = (str(error).strip().splitlines() or ["unpickling failed"])[0]
@@ -409,7 +412,7 @@ def weights_only_loads(folder: Path) -> Iterator[None]:
             os.environ[FORCE_WEIGHTS_ONLY] = previous
 
 
-def _deepspeed_globals() -> list[Any]:
+def _checkpoint_globals() -> list[Any]:
     """The types checkpoint files hold besides tensors and plain data: DeepSpeed's, and NumPy
     arrays (data only: an object array would need its elements' types too), which hold the NumPy
     RNG state in the rank files of checkpoints that predate manifests."""
